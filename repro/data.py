@@ -1,0 +1,285 @@
+"""CIFAR-10 (and the embedded synthetic stand-in) as uint8 tensors on the training device.
+
+The paper's preprocessing (§4.2): subtract the per-pixel mean of the training images; train on a random
+32x32 crop of the image padded by 4 pixels, randomly flipped; test on the original view. Augmentation is
+done as batched tensor ops on the device, and the order of the samples and every random draw is a pure
+function of (seed, step) — so a run resumed at step s sees exactly the batches an uninterrupted run sees.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the official archive (torchvision's value)
+CIFAR_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+PAD = 4  # §4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly sampled"
+HOW_TO_GET = (
+    "get it with `make data` (downloads the official archive into data/cifar10), "
+    "or point data.root at a folder containing cifar-10-batches-py"
+)
+
+
+class DataError(Exception):
+    """Missing, corrupt or malformed data: the message names the path and how to fix it."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR's pickles need: numpy array reconstruction. Anything else (os.system,
+    eval, subprocess, ...) is refused before it can be called."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of the CIFAR format")
+
+
+def safe_load_pickle(path: Path) -> dict:
+    """Load one CIFAR batch file with the restricted unpickler; keys come back as str."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"CIFAR-10 file not found: {path}; {HOW_TO_GET}") from None
+    try:
+        obj = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"unsafe or corrupt pickle {path}: {e}; re-download the data ({HOW_TO_GET})") from None
+    except Exception as e:  # truncated files raise EOFError, garbage raises many things
+        raise DataError(f"corrupt CIFAR-10 file {path} ({type(e).__name__}: {e}); {HOW_TO_GET}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"corrupt CIFAR-10 file {path}: expected a dict, got {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one batch file, validated."""
+    d = safe_load_pickle(path)
+    if "data" not in d or "labels" not in d:
+        raise DataError(f"corrupt CIFAR-10 file {path}: missing 'data' or 'labels' (keys: {sorted(d)})")
+    x, y = d["data"], np.asarray(d["labels"])
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        shape = getattr(x, "shape", None)
+        raise DataError(
+            f"bad images in {path}: expected uint8 N x 3072 (3x32x32), got {getattr(x, 'dtype', type(x))} {shape}"
+        )
+    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() > 9:
+        raise DataError(f"bad labels in {path}: expected {x.shape[0]} integers in 0..9")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
+
+
+def find_cifar_dir(root: Path) -> Path | None:
+    for cand in (root / CIFAR_DIR, root):
+        if (cand / TRAIN_FILES[0]).exists() or (cand / TEST_FILE).exists():
+            return cand
+    return None
+
+
+def download_cifar10(root: Path, url: str = CIFAR_URL, md5: str | None = CIFAR_MD5) -> Path:
+    """Download and extract the official archive into `root`, verifying its md5; DataError when offline."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    print(f"[data] downloading CIFAR-10 from {url} into {root}", flush=True)
+    try:
+        download_and_extract_archive(url, str(root), md5=md5)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise DataError(
+            f"could not download CIFAR-10 from {url} ({e}); on a machine without internet, copy "
+            f"cifar-10-python.tar.gz's {CIFAR_DIR}/ folder to {root}/ or set data.root"
+        ) from None
+    found = find_cifar_dir(root)
+    if found is None:
+        raise DataError(f"downloaded archive from {url} has no {CIFAR_DIR}/ folder")
+    return found
+
+
+def load_cifar10(root: str | Path, download: bool = False, url: str = CIFAR_URL, md5: str | None = CIFAR_MD5):
+    """(train_x, train_y, test_x, test_y) as numpy arrays from `root` (the folder holding
+    cifar-10-batches-py, or that folder itself). Batch-file md5s are deliberately not checked: copies
+    re-encoded from other sources (like ../shared/data/cifar10) are valid CIFAR-10 for this purpose."""
+    root = Path(root).expanduser()
+    folder = find_cifar_dir(root)
+    if folder is None:
+        if not download:
+            raise DataError(f"CIFAR-10 not found in {root} (looked for {root / CIFAR_DIR}); {HOW_TO_GET}")
+        folder = download_cifar10(root, url, md5)
+    parts = [read_batch(folder / f) for f in TRAIN_FILES]
+    test_x, test_y = read_batch(folder / TEST_FILE)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), test_x, test_y
+
+
+def make_synthetic(n_train: int = 50_000, n_test: int = 10_000, seed: int = 0, n_classes: int = 10,
+                   prototypes: int = 6, distractor: float = 0.6, noise: float = 0.25):
+    """The embedded default: a 32x32, 10-class image task made from a seed, no download needed.
+
+    Each class has a few random smooth colour patterns (prototypes). An image is one prototype of its
+    class, randomly translated (circularly) and flipped, blended with a prototype of another class at
+    weight `distractor`, plus pixel noise. Translation and clutter make it a task for a CNN; the
+    distractor and noise keep a small net from memorising it quickly.
+    """
+    rng = np.random.default_rng(seed)
+    # Smooth random patterns: a few low-frequency sinusoids per colour channel.
+    yy, xx = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    n_proto = n_classes * prototypes
+    freqs = rng.integers(1, 5, size=(n_proto, 3, 4, 2))  # whole periods over 32 px: translation-safe
+    phases = rng.uniform(0, 2 * np.pi, size=(n_proto, 3, 4))
+    amps = rng.uniform(0.3, 1.0, size=(n_proto, 3, 4))
+    arg = 2 * np.pi * (freqs[..., 0, None, None] * yy + freqs[..., 1, None, None] * xx) / 32 + phases[..., None, None]
+    protos = (amps[..., None, None] * np.sin(arg)).sum(2)  # (n_proto, 3, 32, 32)
+    protos = (protos / np.abs(protos).max(axis=(1, 2, 3), keepdims=True)).astype(np.float32)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, n_classes, size=n)
+        main = y * prototypes + rng.integers(0, prototypes, size=n)
+        other = (y + rng.integers(1, n_classes, size=n)) % n_classes * prototypes + rng.integers(0, prototypes, size=n)
+        dy, dx = rng.integers(0, 32, size=(2, n))
+        flip = rng.random(n) < 0.5
+        out = np.empty((n, 3, 32, 32), np.uint8)
+        for lo in range(0, n, 5000):  # in chunks: a few hundred MB at a time
+            sl = slice(lo, min(lo + 5000, n))
+            rows = (yy[None] + dy[sl, None, None]) % 32
+            cols = (xx[None] + dx[sl, None, None]) % 32
+            cols = np.where(flip[sl, None, None], cols[:, :, ::-1], cols)
+            img = protos[main[sl, None, None, None], np.arange(3)[None, :, None, None], rows[:, None], cols[:, None]]
+            img = img + distractor * protos[other[sl]] + noise * rng.standard_normal(img.shape, dtype=np.float32)
+            img -= img.min(axis=(1, 2, 3), keepdims=True)
+            img /= img.max(axis=(1, 2, 3), keepdims=True)
+            out[sl] = (img * 255).round()
+        return out, y.astype(np.int64)
+
+    train_x, train_y = sample(n_train)
+    test_x, test_y = sample(n_test)
+    return train_x, train_y, test_x, test_y
+
+
+@dataclass
+class ImageData:
+    """A whole image-classification data set resident on one device as uint8."""
+
+    name: str  # "cifar10" or "synthetic"
+    source: str  # where it came from and why, said on the terminal and in the report
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: torch.Tensor  # per-pixel mean of the training images, (3, 32, 32) float in [0, 1] (§4.2)
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train_y.max().item()) + 1
+
+
+def load_image_data(cfg, device: torch.device) -> ImageData:
+    """Build ImageData from the `data` config group: CIFAR-10 at data.root, else a download when
+    data.download is set and we are online, else (when data.fallback == 'synthetic') the embedded task."""
+    root = Path(cfg.root).expanduser()
+    if cfg.name == "synthetic":
+        arrays, name, source = make_synthetic(seed=cfg.synthetic_seed), "synthetic", "synthetic (data.name=synthetic)"
+    else:
+        try:
+            arrays = load_cifar10(root, download=cfg.download, url=cfg.url)
+            name, source = "cifar10", f"CIFAR-10 from {root.resolve()}"
+        except DataError as e:
+            if cfg.get("fallback") != "synthetic" or find_cifar_dir(root) is not None:
+                raise  # a corrupt real data set is an error, never silently replaced
+            arrays, name = make_synthetic(seed=cfg.synthetic_seed), "synthetic"
+            source = f"embedded synthetic task (seed {cfg.synthetic_seed}), because CIFAR-10 is unavailable: {e}"
+    train_x, train_y, test_x, test_y = (torch.from_numpy(a) for a in arrays)
+    if cfg.get("train_size"):  # a prefix of the training set, for tests and quick looks
+        train_x, train_y = train_x[: cfg.train_size], train_y[: cfg.train_size]
+    if cfg.get("test_size"):
+        test_x, test_y = test_x[: cfg.test_size], test_y[: cfg.test_size]
+    val_x = val_y = None
+    if cfg.get("val_size"):  # §4.2: the 45k/5k split used to choose the 64k stopping point
+        if not 0 < cfg.val_size < len(train_x):
+            raise DataError(f"data.val_size={cfg.val_size} must be between 1 and {len(train_x) - 1}")
+        val_x, val_y = train_x[-cfg.val_size:], train_y[-cfg.val_size:]
+        train_x, train_y = train_x[: -cfg.val_size], train_y[: -cfg.val_size]
+    mean = train_x.double().mean(0).div(255).float()
+    put = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return ImageData(name, source, put(train_x), put(train_y), put(test_x), put(test_y), put(mean),
+                     put(val_x), put(val_y))
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, step): resume needs no RNG state."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class BatchStream:
+    """Mini-batch `step` of an endless stream of epochs, each a fresh permutation of the training set.
+    Every batch is full-sized (batches may straddle epochs), which keeps shapes static."""
+
+    def __init__(self, data: ImageData, batch_size: int, seed: int):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.n = len(data.train_x)
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch + 1)
+            self._perms = {epoch: torch.randperm(self.n, generator=g), **{k: v for k, v in self._perms.items() if k == epoch - 1}}
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        start = step * self.batch_size
+        pos = torch.arange(start, start + self.batch_size)
+        epochs = pos // self.n
+        first = int(epochs[0])
+        out = self._perm(first)[pos % self.n]
+        if int(epochs[-1]) != first:
+            later = epochs != first
+            out[later] = self._perm(first + 1)[pos[later] % self.n]
+        return out
+
+    def epoch(self, step: int) -> float:
+        """Epochs completed after `step` steps."""
+        return step * self.batch_size / self.n
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices(step).to(self.data.train_x.device)
+        g = _step_generator(self.seed, step)
+        offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g)
+        flips = torch.rand(self.batch_size, generator=g) < 0.5
+        x = augment(self.data.train_x[idx], self.data.mean, offsets, flips)
+        return x, self.data.train_y[idx]
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> floats in [0, 1] minus the per-pixel training mean (§4.2)."""
+    return x.float().div_(255).sub_(mean)
+
+
+def augment(x: torch.Tensor, mean: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Pad 4 (with zeros after mean subtraction, i.e. with the mean image's value, as fb.resnet.torch),
+    crop 32x32 at per-sample `offsets` (2, B) in [0, 8], flip where `flips`: one gather for the batch."""
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(normalize(x, mean), (PAD, PAD, PAD, PAD))
+    offsets, flips = offsets.to(dev, non_blocking=True), flips.to(dev, non_blocking=True)
+    rows = offsets[0, :, None] + torch.arange(h, device=dev)  # (B, H)
+    cols = offsets[1, :, None] + torch.arange(w, device=dev)  # (B, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    return padded[
+        torch.arange(b, device=dev)[:, None, None, None],
+        torch.arange(c, device=dev)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
