@@ -7,6 +7,7 @@ function of (seed, step) — so a run resumed at step s sees exactly the batches
 """
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 import urllib.error
@@ -33,14 +34,16 @@ class DataError(Exception):
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Admits only what CIFAR's pickles need: numpy array reconstruction. Anything else (os.system,
-    eval, subprocess, ...) is refused before it can be called."""
+    """Admits only what CIFAR's pickles need: numpy array reconstruction (and `_codecs.encode`, which
+    Python 3 uses for raw bytes in protocol-2 pickles). Anything else (os.system, eval, subprocess, ...)
+    is refused before it can be called."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
         ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
     }
 
     def find_class(self, module: str, name: str):

@@ -42,20 +42,25 @@ class Arch:
     num_classes: int
 
 
-def arch_for(family: str, depth: int, num_classes: int | None = None) -> Arch:
-    """The architecture of `family` at `depth`, or a ValueError naming the valid values."""
+def arch_for(family: str, depth: int, num_classes: int | None = None, width: int | None = None) -> Arch:
+    """The architecture of `family` at `depth`, or a ValueError naming the valid values. `width` is
+    the first stage's filters (the paper: 16 on CIFAR, 64 on ImageNet); later stages double it."""
+    if width is not None and (not isinstance(width, int) or width < 1):
+        raise ValueError(f"width must be a positive integer, got {width!r}")
     if family == "cifar10":
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(
                 f"CIFAR depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, 1202, ...), got {depth!r}"
             )
         n = (depth - 2) // 6  # §4.2: three stages of 2n 3x3 layers + first conv + fc
-        return Arch("basic", (n, n, n), (16, 32, 64), "cifar", num_classes or 10)
+        w = width or 16
+        return Arch("basic", (n, n, n), (w, 2 * w, 4 * w), "cifar", num_classes or 10)
     if family == "imagenet":
         if depth not in IMAGENET_DEPTHS:
             raise ValueError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth!r}")
         block, layers = IMAGENET_DEPTHS[depth]
-        return Arch(block, layers, (64, 128, 256, 512), "imagenet", num_classes or 1000)
+        w = width or 64
+        return Arch(block, layers, (w, 2 * w, 4 * w, 8 * w), "imagenet", num_classes or 1000)
     raise ValueError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
 
 
@@ -128,13 +133,13 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown shortcut {shortcut!r}; valid: {', '.join(SHORTCUTS)} (none = plain)")
         self.arch, self.shortcut = arch, shortcut
         if arch.stem == "cifar":
-            self.stem = nn.Sequential(conv_bn(3, 16, 3), nn.ReLU(inplace=True))
-            in_ch = 16
+            in_ch = arch.widths[0]
+            self.stem = nn.Sequential(conv_bn(3, in_ch, 3), nn.ReLU(inplace=True))
         else:
+            in_ch = arch.widths[0]
             self.stem = nn.Sequential(
-                conv_bn(3, 64, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)
+                conv_bn(3, in_ch, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)
             )
-            in_ch = 64
         stages = []
         for s, (n_blocks, width) in enumerate(zip(arch.blocks_per_stage, arch.widths)):
             blocks = []
@@ -168,11 +173,13 @@ class ResNet(nn.Module):
         return layers
 
 
-def build_model(family: str, depth: int, shortcut: str, num_classes: int | None = None) -> ResNet:
-    """`build_model("cifar10", 56, "A")` is ResNet-56; `build_model("cifar10", 56, "none")` is plain-56."""
+def build_model(family: str, depth: int, shortcut: str, num_classes: int | None = None,
+                width: int | None = None) -> ResNet:
+    """`build_model("cifar10", 56, "A")` is ResNet-56; `build_model("cifar10", 56, "none")` is plain-56.
+    `width` (first-stage filters) defaults to the paper's; the CPU demo uses narrower nets."""
     if shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut {shortcut!r}; valid: {', '.join(SHORTCUTS)} (none = plain)")
-    return ResNet(arch_for(family, depth, num_classes), shortcut)
+    return ResNet(arch_for(family, depth, num_classes, width), shortcut)
 
 
 def count_params(model: nn.Module) -> int:

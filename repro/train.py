@@ -270,7 +270,7 @@ def run(cfg: DictConfig) -> str:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # He init from the seed: same seed, same net
     try:
-        model = build_model(cfg.model.family, cfg.model.depth, cfg.model.shortcut)
+        model = build_model(cfg.model.family, cfg.model.depth, cfg.model.shortcut, width=cfg.model.get("width"))
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     data = load_image_data(cfg.data, device)

@@ -1,0 +1,69 @@
+"""Every experiment composes from the real config tree; sweeps carry their grids; launchers compose."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments" / "exp").glob("*.yaml"))
+
+
+def _compose(overrides, hydra_cfg=False):
+    with initialize_config_dir(str(ROOT / "experiments"), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+def test_the_paper_experiments_exist():
+    for name in ("fig1", "fig6_plain", "fig6_resnet", "fig6_1202", "table6", "smoke", "demo"):
+        assert name in EXPERIMENTS
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_every_experiment_composes_and_resolves(exp):
+    plain = OmegaConf.to_container(_compose([f"exp={exp}"]), resolve=True)
+    assert plain["model"]["family"] in ("cifar10", "imagenet")
+    assert plain["optim"]["total_steps"] > 0 and plain["eval_every"] > 0
+    assert plain["exp_name"].startswith(exp.split("_imagenette")[0].split("-")[0])
+
+
+def test_defaults_are_the_papers_cifar_protocol():
+    cfg = _compose([])
+    o = cfg.optim
+    assert (o.lr, o.momentum, o.weight_decay, o.batch_size, o.total_steps) == (0.1, 0.9, 1e-4, 128, 64000)
+    assert [round(m * o.total_steps) for m in o.milestones] == [32000, 48000]
+    assert (o.warmup_lr, o.warmup_until_err, o.warmup_from_depth) == (0.01, 0.8, 110)
+    assert cfg.model.shortcut == "A" and cfg.model.depth == 20
+    assert o.total_steps // cfg.eval_every >= 100  # >= 100 points over a 64k run
+
+
+@pytest.mark.parametrize("exp,grid", [
+    ("fig1", {"model.depth": "20,56"}),
+    ("fig6_plain", {"model.depth": "20,32,44,56"}),
+    ("fig6_resnet", {"model.depth": "20,32,44,56,110"}),
+    ("fig6_1202", {"model.depth": "110,1202"}),
+    ("table6", {"model.depth": "20,32,44,56,110", "seed": "0,1,2,3,4"}),
+])
+def test_experiments_carry_their_sweep_grid(exp, grid):
+    cfg = _compose([f"exp={exp}"], hydra_cfg=True)
+    assert dict(cfg.hydra.sweeper.params) == grid
+
+
+def test_parallel_launcher_composes():
+    cfg = _compose(["exp=fig6_plain", "hydra/launcher=parallel"], hydra_cfg=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert cfg.hydra.launcher.n_jobs == 2
+
+
+def test_slurm_launcher_composes():
+    cfg = _compose(["exp=fig6_resnet", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"], hydra_cfg=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (1, 1, "gpu")
+    assert launcher.signal_delay_s > 0 and launcher.additional_parameters.requeue is True
+
+
+def test_command_line_overrides_win_over_the_experiment():
+    cfg = _compose(["exp=fig6_plain", "optim.total_steps=200", "eval_every=50"])
+    assert cfg.optim.total_steps == 200 and cfg.eval_every == 50 and cfg.model.shortcut == "none"

@@ -1,0 +1,178 @@
+"""Data: the safe reader on the real copy and on tampered files, download, preprocessing, batches."""
+import functools
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import socket
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from repro.data import (BatchStream, DataError, ImageData, augment, load_cifar10, load_image_data, make_synthetic,
+                        read_batch, safe_load_pickle)
+from conftest import write_cifar_folder
+
+
+def test_safe_reader_reads_the_real_copy(cifar_root):
+    x, y = read_batch(cifar_root / "cifar-10-batches-py" / "test_batch")
+    assert x.shape == (10_000, 3, 32, 32) and x.dtype == np.uint8
+    assert y.shape == (10_000,) and set(np.unique(y)) == set(range(10))
+    assert np.bincount(y).tolist() == [1000] * 10  # CIFAR-10's test set is balanced
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = write_cifar_folder(tmp_path / "c")
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": _Evil(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(DataError, match=r"unsafe or corrupt pickle .*data_batch_1.*posix.system|refusing"):
+        load_cifar10(tmp_path / "c")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_shape", "bad_labels", "not_a_dict"])
+def test_damaged_files_give_one_clear_error_naming_the_file(tmp_path, damage):
+    folder = write_cifar_folder(tmp_path / "c")
+    f = folder / "data_batch_3"
+    if damage == "truncate":
+        f.write_bytes(f.read_bytes()[:1000])
+    elif damage == "garbage":
+        f.write_bytes(b"\x00not a pickle at all" * 10)
+    elif damage == "wrong_shape":
+        f.write_bytes(pickle.dumps({b"data": np.zeros((5, 28 * 28), np.uint8), b"labels": [0] * 5}, protocol=2))
+    elif damage == "bad_labels":
+        f.write_bytes(pickle.dumps({b"data": np.zeros((5, 3072), np.uint8), b"labels": [0, 1, 2, 3, 10]}, protocol=2))
+    else:
+        f.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_cifar10(tmp_path / "c")
+
+
+def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match=r"not found in .*nowhere.*make data"):
+        load_cifar10(tmp_path / "nowhere")
+
+
+def _archive(tmp_path):
+    src = tmp_path / "src"
+    write_cifar_folder(src)
+    tar = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return tar, hashlib.md5(tar.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A local HTTP server for tmp_path: the real download code path, without the internet.
+    (torchvision's downloader needs a Content-Length, which file:// URLs do not give.)"""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_path_fetches_extracts_and_checks_md5(tmp_path, served):
+    tar, md5 = _archive(tmp_path)
+    tx, ty, vx, vy = load_cifar10(tmp_path / "dl", download=True, url=f"{served}/{tar.name}", md5=md5)
+    assert tx.shape == (250, 3, 32, 32) and vx.shape == (20, 3, 32, 32)
+    assert (tmp_path / "dl" / "cifar-10-batches-py" / "test_batch").exists()
+
+
+def test_download_with_wrong_checksum_fails_clearly(tmp_path, served):
+    tar, _ = _archive(tmp_path)
+    with pytest.raises(DataError, match="could not download"):
+        load_cifar10(tmp_path / "dl", download=True, url=f"{served}/{tar.name}", md5="0" * 32)
+
+
+def test_offline_download_fails_with_a_clear_message(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on: what an offline machine sees
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DataError, match=r"could not download CIFAR-10 from .*copy"):
+        load_cifar10(tmp_path / "dl", download=True, url=f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
+
+
+def _cfg(root, **kw):
+    base = dict(name="cifar10", root=str(root), download=False, url="", fallback="none", synthetic_seed=0,
+                val_size=0, train_size=0, test_size=0, eval_batch_size=100)
+    return OmegaConf.create({**base, **kw})
+
+
+def test_per_pixel_mean_and_validation_split(tiny_cifar):
+    data = load_image_data(_cfg(tiny_cifar, val_size=50), torch.device("cpu"))
+    assert data.mean.shape == (3, 32, 32)
+    assert len(data.train_x) == 200 and len(data.val_x) == 50
+    expected = torch.from_numpy(load_cifar10(tiny_cifar)[0][:200]).double().mean(0).div(255).float()
+    assert torch.allclose(data.mean, expected)
+    # The held-out images are the last 50 of the training set (§4.2's 45k/5k split, scaled).
+    assert torch.equal(data.val_x, torch.from_numpy(load_cifar10(tiny_cifar)[0][200:]))
+
+
+def test_fallback_to_the_embedded_task_only_when_cifar_is_absent(tmp_path, tiny_cifar):
+    data = load_image_data(_cfg(tmp_path / "none", fallback="synthetic"), torch.device("cpu"))
+    assert data.name == "synthetic" and "CIFAR-10 is unavailable" in data.source
+    (tiny_cifar / "cifar-10-batches-py" / "test_batch").write_bytes(b"broken")
+    with pytest.raises(DataError, match="test_batch"):  # a broken real set is an error, not a fallback
+        load_image_data(_cfg(tiny_cifar, fallback="synthetic"), torch.device("cpu"))
+
+
+def test_synthetic_task_is_deterministic_and_balanced():
+    a = make_synthetic(n_train=2000, n_test=500, seed=3)
+    b = make_synthetic(n_train=2000, n_test=500, seed=3)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert a[0].shape == (2000, 3, 32, 32) and a[0].dtype == np.uint8
+    assert np.bincount(a[1], minlength=10).min() > 150
+    assert not np.array_equal(a[0], make_synthetic(n_train=2000, n_test=500, seed=4)[0])
+
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return ImageData("t", "t", x, y, x[:8], y[:8], x.float().mean(0) / 255)
+
+
+def test_augmentation_keeps_shape_and_dtype_and_varies():
+    data = _data()
+    s = BatchStream(data, 16, seed=0)
+    x0, y0 = s.batch(0)
+    assert x0.shape == (16, 3, 32, 32) and x0.dtype == torch.float32 and y0.dtype == torch.int64
+    x0b, _ = s.batch(0)
+    assert torch.equal(x0, x0b)  # a pure function of (seed, step): what makes resume exact
+    assert not torch.equal(x0, BatchStream(data, 16, seed=1).batch(0)[0])
+
+
+def test_crop_and_flip_are_exact():
+    x = torch.arange(3 * 32 * 32, dtype=torch.float32).reshape(1, 3, 32, 32).remainder(256).to(torch.uint8)
+    mean = torch.zeros(3, 32, 32)
+    same = augment(x, mean, torch.tensor([[4], [4]]), torch.tensor([False]))
+    assert torch.equal(same, x.float() / 255)  # offset 4 = no shift
+    shifted = augment(x, mean, torch.tensor([[0], [8]]), torch.tensor([False]))
+    # row offset 0 = 4 rows of padding on top; column offset 8 = 4 columns of padding on the right
+    assert torch.equal(shifted[0, :, 4:, :28], x[0, :, :28, 4:].float() / 255)
+    assert not shifted[0, :, :4].any() and not shifted[0, :, :, 28:].any()
+    flipped = augment(x, mean, torch.tensor([[4], [4]]), torch.tensor([True]))
+    assert torch.equal(flipped, x.float().flip(3) / 255)
+
+
+def test_every_sample_is_seen_once_per_epoch():
+    data = _data(n=40)
+    s = BatchStream(data, 16, seed=0)
+    seen = torch.cat([s.indices(k) for k in range(5)])  # 80 samples = 2 epochs, batches straddle them
+    assert sorted(seen[:40].tolist()) == list(range(40)) and sorted(seen[40:].tolist()) == list(range(40))
+    assert s.epoch(5) == 2.0
