@@ -98,9 +98,12 @@ def download_cifar10(root: Path, url: str = CIFAR_URL, md5: str | None = CIFAR_M
     from torchvision.datasets.utils import download_and_extract_archive
 
     print(f"[data] downloading CIFAR-10 from {url} into {root}", flush=True)
+    existed = root.exists()
     try:
         download_and_extract_archive(url, str(root), md5=md5)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
+        if not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # leave no empty folder behind from a failed attempt
         raise DataError(
             f"could not download CIFAR-10 from {url} ({e}); on a machine without internet, copy "
             f"cifar-10-python.tar.gz's {CIFAR_DIR}/ folder to {root}/ or set data.root"
@@ -228,11 +231,14 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 
 class BatchStream:
     """Mini-batch `step` of an endless stream of epochs, each a fresh permutation of the training set.
-    Every batch is full-sized (batches may straddle epochs), which keeps shapes static."""
+    Every batch is full-sized (batches may straddle epochs), which keeps shapes static. With `world`
+    data-parallel ranks, rank r gets the r-th slice of the same global batch."""
 
-    def __init__(self, data: ImageData, batch_size: int, seed: int):
+    def __init__(self, data: ImageData, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.n = len(data.train_x)
+        per = batch_size // world
+        self.mine = slice(rank * per, (rank + 1) * per)
         self._perms: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
@@ -257,10 +263,10 @@ class BatchStream:
         return step * self.batch_size / self.n
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.indices(step).to(self.data.train_x.device)
         g = _step_generator(self.seed, step)
-        offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g)
-        flips = torch.rand(self.batch_size, generator=g) < 0.5
+        offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g)[:, self.mine]
+        flips = (torch.rand(self.batch_size, generator=g) < 0.5)[self.mine]
+        idx = self.indices(step)[self.mine].to(self.data.train_x.device)
         x = augment(self.data.train_x[idx], self.data.mean, offsets, flips)
         return x, self.data.train_y[idx]
 

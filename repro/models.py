@@ -106,9 +106,10 @@ class Block(nn.Module):
         out_ch = width * 4 if kind == "bottleneck" else width  # §4.1: bottleneck expands 4x
         if kind == "basic":
             self.layers = nn.ModuleList([conv_bn(in_ch, width, 3, stride), conv_bn(width, width, 3)])
-        else:  # stride on the 3x3, as torchvision ("ResNet v1.5"); parameter counts are the same
+        else:  # the paper's stride on the first 1x1 (Table 1's 3.8/7.6/11.3 GFLOPs); torchvision strides
+            # the 3x3 ("v1.5", ~4.1 GFLOPs for 50) — parameter counts are the same either way
             self.layers = nn.ModuleList(
-                [conv_bn(in_ch, width, 1), conv_bn(width, width, 3, stride), conv_bn(width, out_ch, 1)]
+                [conv_bn(in_ch, width, 1, stride), conv_bn(width, width, 3), conv_bn(width, out_ch, 1)]
             )
         self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride)
         self.out_ch = out_ch
@@ -190,3 +191,26 @@ def weighted_layers(model: nn.Module) -> int:
     """Convs and fc on the main path (shortcut projections are not counted in the paper's depth)."""
     n = sum(1 for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and ".shortcut" not in name)
     return n + sum(1 for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def count_macs(model: nn.Module, size: int) -> int:
+    """Multiply-adds of one forward pass of a (1, 3, size, size) image through convs and fc layers —
+    the paper's "FLOPs" (Table 1 counts multiply-adds)."""
+    total = 0
+
+    def hook(m, inputs, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    return total

@@ -16,9 +16,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
+import yaml
 
 from .names import display_name
 
@@ -34,7 +35,8 @@ from .names import display_name
 COLUMNS = ("step", "epoch", "lr", "train_loss", "train_err", "test_loss", "test_err", "wall_time")
 VAL_COLUMNS = ("val_loss", "val_err")  # with data.val_size: the held-out tail of the training set
 STATUSES = ("running", "done", "diverged", "failed", "preempted")
-CONFIG_COLUMNS = ("family", "depth", "shortcut", "seed", "data", "total_steps", "batch_size")
+INFO_COLUMNS = ("exp", "run", "family", "depth", "shortcut", "seed", "data", "total_steps", "batch_size", "status",
+                "device", "params", "scale", "data_source", "name")
 # Keys that do not change what a run computes, so they may differ when resuming a run.
 VOLATILE_KEYS = ("overwrite", "device", "results_dir", "log_every")
 
@@ -47,7 +49,7 @@ def columns_for(with_val: bool) -> tuple[str, ...]:
     return COLUMNS + VAL_COLUMNS if with_val else COLUMNS
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
     """Write to a temp file, fsync, rename: a reader (or a crash) sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -56,6 +58,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,7 +113,6 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool = False) -> str
 
     A folder made with a different config is never reused silently: without `overwrite` it is an
     error naming the differing keys; with it, the old folder is moved aside (never deleted)."""
-    import yaml
 
     if not run_dir.exists() or not (run_dir / "config.yaml").exists():
         return "fresh"
@@ -205,22 +208,14 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return runs
 
 
-def read_results(paths: Iterable[str | Path] | str | Path) -> pd.DataFrame:
-    """All runs under `paths` as one tidy DataFrame: every metrics row joined with its run's config
-    columns (exp, run, name, family, depth, shortcut, seed, data, total_steps, batch_size) and meta
-    (status, device, params). This is the only way the plotting code reads results."""
-    import yaml
+def run_info(run: Path) -> dict:
+    """The config and meta columns that identify a run (joined onto every row read from it)."""
 
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    frames = []
-    for run in find_runs(paths):
-        df = read_metrics(run / "metrics.csv")
-        cfg_path = run / "config.yaml"
-        if not cfg_path.exists():
-            raise ResultsError(f"{run} has a metrics.csv but no config.yaml: cannot tell which net it is")
+    cfg_path = run / "config.yaml"
+    if not cfg_path.exists():
+        raise ResultsError(f"{run} has results but no config.yaml: cannot tell which net it is")
+    try:
         cfg = yaml.safe_load(cfg_path.read_text())
-        meta = read_meta(run)
         info = {
             "exp": run.parent.name,
             "run": run.name,
@@ -228,15 +223,48 @@ def read_results(paths: Iterable[str | Path] | str | Path) -> pd.DataFrame:
             "depth": int(cfg["model"]["depth"]),
             "shortcut": str(cfg["model"]["shortcut"]),
             "seed": int(cfg["seed"]),
-            "data": meta.get("data", cfg["data"]["name"]),
+            "data": cfg["data"]["name"],
             "total_steps": int(cfg["optim"]["total_steps"]),
             "batch_size": int(cfg["optim"]["batch_size"]),
-            "status": meta.get("status", "unknown"),
-            "device": meta.get("device", "unknown"),
-            "params": meta.get("params"),
         }
-        info["name"] = display_name(info["depth"], info["shortcut"])
-        frames.append(df.assign(**info))
+    except (KeyError, TypeError, ValueError, yaml.YAMLError) as e:
+        raise ResultsError(f"{cfg_path} is not a run config ({type(e).__name__}: {e})") from None
+    meta = read_meta(run)
+    info.update(status=meta.get("status", "unknown"), device=meta.get("device", "unknown"), params=meta.get("params"),
+                scale=meta.get("scale", "unknown"), data_source=meta.get("data_source", info["data"]),
+                name=display_name(info["depth"], info["shortcut"]))
+    return info
+
+
+def read_results(paths: Iterable[str | Path] | str | Path) -> pd.DataFrame:
+    """All runs under `paths` as one tidy DataFrame: every metrics row joined with its run's config
+    columns (exp, run, name, family, depth, shortcut, seed, data, total_steps, batch_size) and meta
+    (status, device, params). This is the only way the plotting code reads results."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = [read_metrics(run / "metrics.csv").assign(**run_info(run)) for run in find_runs(paths)]
     if not frames:
-        return pd.DataFrame(columns=list(COLUMNS) + ["exp", "run", "name", *CONFIG_COLUMNS, "status"])
+        return pd.DataFrame(columns=[*COLUMNS, *INFO_COLUMNS])
     return pd.concat(frames, ignore_index=True)
+
+
+def read_responses(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Every run's responses.csv (Fig. 7: layer, std) joined with its run's config columns."""
+    frames = []
+    for run in find_runs(paths):
+        if (run / "responses.csv").exists():
+            df = pd.read_csv(run / "responses.csv")
+            if list(df.columns) != ["layer", "std"]:
+                raise ResultsError(f"{run / 'responses.csv'} must have the columns layer,std; got {list(df.columns)}")
+            frames.append(df.assign(**run_info(run)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["layer", "std", *INFO_COLUMNS])
+
+
+def read_finals(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Every run's final.json (the final model's multi-crop evaluation: top1_err, top5_err, crops)."""
+    rows = []
+    for run in find_runs(paths):
+        if (run / "final.json").exists():
+            rows.append({**json.loads((run / "final.json").read_text()), "run": run.name})
+    return pd.DataFrame(rows, columns=["run", "top1_err", "top5_err", "crops"]) if rows else \
+        pd.DataFrame(columns=["run", "top1_err", "top5_err", "crops"])

@@ -85,4 +85,4 @@ def test_multirun_of_the_smoke_sweep_writes_one_folder_per_net(tmp_path, cifar_r
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["cifar10-plain-20-s0", "cifar10-resnet-20-s0"]
-    assert "step     20/20" in out.stdout  # the one-line status a user watches
+    assert "[ResNet-20] step     20/20" in out.stdout  # the one-line status a user watches

@@ -1,0 +1,49 @@
+# repro — the degradation experiment of He et al. 2015. `make help` lists the targets.
+# Every target sets up the environment first (make install), so a fresh clone needs nothing else.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# CIFAR10: the folder holding cifar-10-batches-py, e.g. make demo CIFAR10=../shared/data/cifar10
+CIFAR10 ?= data/cifar10
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test test-all demo data cifar figures report bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv from nothing with the locked versions (requirements.lock)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: install  ## run the test suite (CPU, a few minutes)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: install  ## the test suite including the slow tests
+	$(PY) -m pytest -q
+
+demo: install  ## the degradation problem on CPU in minutes: CIFAR-10 if found at $(CIFAR10), else the embedded task
+	$(PY) -m repro.demo --cifar10 $(CIFAR10)
+
+data: install  ## download CIFAR-10 (md5-checked) into $(CIFAR10)
+	$(PY) -c "from repro.data import load_cifar10; load_cifar10('$(CIFAR10)', download=True); print('CIFAR-10 ready in $(CIFAR10)')"
+
+cifar: install  ## the full CIFAR-10 sweeps of Fig. 6 and Table 6 (paper protocol: a GPU job)
+	$(PY) -m repro.train -m exp=fig6_plain data.root=$(CIFAR10)
+	$(PY) -m repro.train -m exp=fig6_resnet data.root=$(CIFAR10)
+	$(PY) -m repro.train -m exp=table6 data.root=$(CIFAR10)
+
+figures: install  ## every figure and table from results/ into plots/
+	for a in fig1 fig6 fig7 table6 fig4 table2 table3; do $(PY) -m repro.plots $$a || exit 1; done
+
+report: install  ## every figure and table plus plots/report.md and plots/report.html
+	$(PY) -m repro.plots report
+
+clean:  ## remove Hydra's logs and caches (never results/ or plots/)
+	rm -rf .hydra_runs .pytest_cache

@@ -1,0 +1,92 @@
+"""What makes a run survive kills and preemption: the resumable state, atomic checkpoints, the
+SLURM/submitit signal handling, and the fault-injection points the reliability tests use."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .results import ResultsError, atomic_write
+
+
+@dataclass
+class State:
+    """Everything a resumed run needs besides model and optimiser. The batches and augmentations are
+    pure functions of (seed, step), so `step` is the data order position."""
+
+    step: int = 0
+    warmup_done: bool = False
+    wall_time: float = 0.0  # training seconds before this process started
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss*n, errors, n since last row
+    wsums: list[float] = field(default_factory=lambda: [0.0, 0.0])  # warm-up window: errors, n
+    decays: int = 0  # plateau schedule: lr divisions so far
+    best_err: float = float("inf")  # plateau schedule: best evaluation error so far ...
+    since_best: int = 0  # ... and evaluations since it
+
+
+def fault_point(name: str, step: int) -> None:
+    """Fault injection for the reliability tests: REPRO_FAULT=<name>:<step> kills this process with
+    SIGKILL (or, for name 'raise', raises) when the loop reaches that point. Unset in normal use."""
+    if os.environ.get("REPRO_FAULT") == f"{name}:{step}":
+        if name == "raise":
+            raise RuntimeError(f"injected failure at step {step}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: State) -> None:
+    """Model, optimiser (momentum buffers), state and torch's RNG, written atomically."""
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": asdict(state),
+                "torch_rng": torch.get_rng_state()}, buf)
+    atomic_write(path, buf.getvalue(), before_replace=lambda: fault_point("checkpoint", state.step))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> State:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)  # safe: tensors and plain data only
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = State(**ck["state"])
+    except Exception as e:
+        raise ResultsError(f"cannot resume from {path} ({type(e).__name__}: {e}); move it aside or "
+                           f"rerun with overwrite=true to start the run afresh") from None
+    torch.set_rng_state(ck["torch_rng"])
+    return state
+
+
+class SignalFlag:
+    """SIGTERM/SIGUSR1/SIGUSR2 (what SLURM and submitit send before a kill) set a flag that the loop
+    checks once per step; the loop then checkpoints and hands the signal on to the previous handler."""
+
+    NAMES = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "SignalFlag":
+        for name in self.NAMES:
+            if hasattr(signal, name):
+                s = getattr(signal, name)
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
+
+    def pass_on(self, signum: int) -> None:
+        """Restore the previous handler and re-deliver the signal (submitit requeues on USR2; the default
+        action ends the process, as SLURM expects), then exit 128+signum if still alive."""
+        self.__exit__()
+        signal.raise_signal(signum)
+        sys.exit(128 + signum)

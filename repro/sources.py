@@ -1,0 +1,98 @@
+"""One interface over the two kinds of data the loop trains on: CIFAR-style tensors resident on the
+device (repro.data) and ImageNet-style folders read by loader workers (repro.imagenet).
+
+A Source gives the loop (a) the mini-batches of steps start, start+1, ... for this rank, and (b) for each
+evaluation split, the summed loss, errors and count over this rank's share of it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import count
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .data import BatchStream, ImageData, load_image_data, normalize
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Fast:
+    """Speed switches that do not change the experiment (resolved from the `fast` config group)."""
+
+    channels_last: bool = False
+    bf16: bool = False
+    compile: bool = False
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+@dataclass
+class Source:
+    name: str  # cifar10, synthetic, imagenet, imagenette, ...
+    source: str  # where it came from and why (terminal, meta.json, report)
+    train_size: int
+    test_size: int
+    num_classes: int
+    batches: Callable[[int], Iterator[Batch]]  # from a start step on
+    splits: dict[str, Callable[[torch.nn.Module, Fast], torch.Tensor]]  # "test"/"val" -> [loss_sum, errs, n]
+    tensors: ImageData | None = None  # the CIFAR tensors (Fig. 7's analysis uses the test set)
+    folders: object | None = None  # the ImageFolder data (10-crop evaluation)
+
+
+def eval_sums(model: torch.nn.Module, batches: Iterator[Batch], fast: Fast, device: torch.device) -> torch.Tensor:
+    """[summed loss, errors, count] over `batches` in eval mode (§4.2: the original view)."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=fast.bf16):
+        for x, y in batches:
+            out = model(fast.prepare(x)).float()
+            sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), (out.argmax(1) != y).sum(),
+                                 torch.tensor(len(y), device=device)])
+    model.train()
+    return sums
+
+
+def cifar_source(cfg, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1) -> Source:
+    data = load_image_data(cfg, device)
+    stream = BatchStream(data, batch_size, seed, rank, world)
+    eb = cfg.eval_batch_size
+
+    def tensor_split(x: torch.Tensor, y: torch.Tensor):
+        x, y = x[rank::world], y[rank::world]  # each rank a disjoint share; the loop all-reduces the sums
+        return lambda model, fast: eval_sums(
+            model, ((normalize(x[i:i + eb], data.mean), y[i:i + eb]) for i in range(0, len(x), eb)), fast, device)
+
+    splits = {"test": tensor_split(data.test_x, data.test_y)}
+    if data.val_x is not None:
+        splits["val"] = tensor_split(data.val_x, data.val_y)
+    return Source(data.name, data.source, len(data.train_x), len(data.test_x), data.num_classes,
+                  lambda start: (stream.batch(s) for s in count(start)), splits, tensors=data)
+
+
+def imagefolder_source(cfg, batch_size: int, seed: int, total_steps: int, device: torch.device, rank: int = 0,
+                       world: int = 1) -> Source:
+    from .imagenet import eval_loader, load_imagefolder, train_loader
+
+    data = load_imagefolder(cfg)
+    workers = cfg.get("workers", 4)
+
+    def batches(start: int) -> Iterator[Batch]:
+        for x, y in train_loader(data, batch_size, seed, start, total_steps, workers, rank, world):
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def val(model, fast):
+        loader = eval_loader(data.val, cfg.eval_batch_size, workers, rank, world)
+        return eval_sums(model, ((x.to(device), y.to(device)) for x, y in loader), fast, device)
+
+    return Source(data.name, data.source, len(data.train), len(data.val), data.num_classes, batches,
+                  {"test": val}, folders=data)
+
+
+def load_source(cfg, device: torch.device, rank: int = 0, world: int = 1) -> Source:
+    """The data the config names, for this rank of `world`."""
+    if cfg.data.get("format", "cifar") == "imagefolder":
+        return imagefolder_source(cfg.data, cfg.optim.batch_size, cfg.seed, cfg.optim.total_steps, device, rank, world)
+    return cifar_source(cfg.data, cfg.optim.batch_size, cfg.seed, device, rank, world)

@@ -1,0 +1,215 @@
+"""Faults injected on purpose: SIGKILL at random and at chosen points, SIGTERM, a failing run in a sweep,
+divergence, a changed config, and every kind of bad input. Nothing may be lost, duplicated or overwritten."""
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from repro.results import read_meta
+from repro.train import ConfigError, load_checkpoint, run
+from repro.models import build_model
+from conftest import ROOT, compose, python, write_cifar_folder
+
+RUN = "cifar10-resnet-20-s0"
+BASE = ["exp=smoke", "exp_name=r", "optim.total_steps=60", "eval_every=10", "save_model=false",
+        "analyze_responses=false", "threads=1"]
+
+
+def train_cmd(results, cifar, *extra):
+    return [python(), "-m", "repro.train", *BASE, f"results_dir={results}", f"data.root={cifar}", *extra]
+
+
+def launch(results, cifar, *extra, fault=None, wait=True):
+    env = {**os.environ, **({"REPRO_FAULT": fault} if fault else {})}
+    env.pop("REPRO_FAULT", None) if not fault else None
+    p = subprocess.Popen(train_cmd(results, cifar, *extra), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    if wait:
+        out, err = p.communicate(timeout=300)
+        p.stdout_text, p.stderr_text = out, err
+    return p
+
+
+def metrics(results):
+    return pd.read_csv(results / "r" / RUN / "metrics.csv").drop(columns="wall_time")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cifar_root):
+    """The uninterrupted run every interrupted one must reproduce exactly."""
+    results = tmp_path_factory.mktemp("ref")
+    assert launch(results, cifar_root).returncode == 0
+    return metrics(results)
+
+
+@pytest.mark.parametrize("fault", ["after_row:20", "after_checkpoint:30", "checkpoint:40"])
+def test_kill_at_a_chosen_point_then_resume_gives_the_identical_csv(tmp_path, cifar_root, reference, fault):
+    p = launch(tmp_path, cifar_root, fault=fault)
+    assert p.returncode == -signal.SIGKILL
+    run_dir = tmp_path / "r" / RUN
+    if fault == "after_row:20":  # the row of step 20 is on disk, its checkpoint is not
+        assert metrics(tmp_path).step.max() == 20
+        assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 10
+    if fault == "checkpoint:40":  # killed inside the checkpoint write: the previous one is intact
+        assert list(run_dir.glob(".checkpoint.pt.*.tmp"))
+        model = build_model("cifar10", 20, "A")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        assert load_checkpoint(run_dir / "checkpoint.pt", model, opt).step == 30
+    p = launch(tmp_path, cifar_root)
+    assert p.returncode == 0, p.stderr_text[-1000:]
+    assert "resuming" in p.stdout_text
+    pd.testing.assert_frame_equal(metrics(tmp_path), reference, check_exact=True)
+    assert not list(run_dir.glob("*.tmp")) and read_meta(run_dir)["status"] == "done"
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_identical_csv(tmp_path, cifar_root, reference):
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(3):
+        p = launch(tmp_path, cifar_root, wait=False)
+        time.sleep(rng.uniform(3.0, 7.0))  # start-up takes ~3 s: kills land anywhere from loading to training
+        if p.poll() is None:
+            p.kill()
+            kills += 1
+        p.communicate()
+    p = launch(tmp_path, cifar_root)
+    assert p.returncode == 0, p.stderr_text[-1000:]
+    assert kills >= 1
+    pd.testing.assert_frame_equal(metrics(tmp_path), reference, check_exact=True)
+
+
+def test_sigterm_checkpoints_mid_interval_and_the_rerun_resumes_exactly(tmp_path, cifar_root, reference):
+    p = launch(tmp_path, cifar_root, "eval_every=30", wait=False)
+    csv = tmp_path / "r" / RUN / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (csv.exists() and len(csv.read_text().splitlines()) >= 2):
+        time.sleep(0.05)  # the first row (step 30) is written: now stop it between two evaluations
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    assert p.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM)
+    meta = read_meta(tmp_path / "r" / RUN)
+    assert meta["status"] == "preempted" and 30 <= meta["preempted_at_step"] < 60
+    p = launch(tmp_path, cifar_root, "eval_every=30")
+    assert p.returncode == 0
+    expected = reference[reference.step.isin([30, 60])].reset_index(drop=True)
+    ours = metrics(tmp_path)
+    pd.testing.assert_frame_equal(ours[["step", "epoch", "lr", "test_loss", "test_err"]],
+                                  expected[["step", "epoch", "lr", "test_loss", "test_err"]], check_exact=True)
+    assert len(ours) == 2  # and the training sums survived the mid-interval stop (same rows as uninterrupted):
+    p2 = launch(tmp_path / "u", cifar_root, "eval_every=30")
+    pd.testing.assert_frame_equal(ours, metrics(tmp_path / "u"), check_exact=True)
+
+
+def test_a_finished_run_is_skipped(tmp_path, cifar_root):
+    assert launch(tmp_path, cifar_root).returncode == 0
+    csv = tmp_path / "r" / RUN / "metrics.csv"
+    before = (csv.stat().st_mtime_ns, csv.read_bytes())
+    p = launch(tmp_path, cifar_root)
+    assert p.returncode == 0 and "is done; skipping" in p.stdout_text
+    assert (csv.stat().st_mtime_ns, csv.read_bytes()) == before
+
+
+def test_a_changed_config_is_refused_naming_the_keys_and_overwrite_moves_it_aside(tmp_path, cifar_root):
+    assert launch(tmp_path, cifar_root).returncode == 0
+    old = (tmp_path / "r" / RUN / "metrics.csv").read_bytes()
+    p = launch(tmp_path, cifar_root, "optim.lr=0.05")
+    assert p.returncode == 2
+    assert "optim.lr: 0.1 -> 0.05" in p.stderr_text and "overwrite=true" in p.stderr_text
+    assert (tmp_path / "r" / RUN / "metrics.csv").read_bytes() == old  # untouched
+    p = launch(tmp_path, cifar_root, "optim.lr=0.05", "overwrite=true")
+    assert p.returncode == 0
+    assert (tmp_path / "r" / f"{RUN}.old-1" / "metrics.csv").read_bytes() == old  # moved aside, not deleted
+    assert read_meta(tmp_path / "r" / RUN)["status"] == "done"
+
+
+def test_a_failing_run_does_not_stop_the_sweep_and_is_recorded(tmp_path, cifar_root):
+    cmd = [python(), "-m", "repro.train", "-m", *BASE, f"results_dir={tmp_path}", f"data.root={cifar_root}",
+           "model.shortcut=none,A", "optim.total_steps=20", f"hydra.sweep.dir={tmp_path / 'hy'}"]
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "REPRO_FAULT": "raise:15"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for run_name in ("cifar10-plain-20-s0", RUN):  # the first failed, the second still ran (and failed too)
+        meta = read_meta(tmp_path / "r" / run_name)
+        assert meta["status"] == "failed" and "injected failure at step 15" in meta["error"]
+        assert len(pd.read_csv(tmp_path / "r" / run_name / "metrics.csv")) == 1  # the row of step 10 is kept
+    assert out.stderr.count("continuing with the next run") == 2
+
+
+def test_divergence_is_a_result_not_a_crash(tmp_path, cifar_root):
+    p = launch(tmp_path, cifar_root, "optim.lr=1e12", "optim.milestones=[0.99]")
+    assert p.returncode == 0, p.stderr_text[-1000:]
+    run_dir = tmp_path / "r" / RUN
+    assert read_meta(run_dir)["status"] == "diverged"
+    rows = pd.read_csv(run_dir / "metrics.csv")
+    assert len(rows) >= 1 and not rows.train_loss.iloc[-1] < float("inf")
+    from repro.results import read_results
+    from repro.plots import label
+
+    assert label(read_results(tmp_path / "r"), (20, "A")) == "ResNet-20 (diverged)"
+
+
+def _tamper(kind, root):
+    folder = write_cifar_folder(root)
+    f = folder / "data_batch_2"
+    if kind == "truncated":
+        f.write_bytes(f.read_bytes()[:500])
+    elif kind == "code":
+        f.write_bytes(b"cos\nsystem\n(S'touch " + str(root / "PWNED").encode() + b"'\ntR.")
+    elif kind == "shape":
+        f.write_bytes(pickle.dumps({b"data": torch.zeros(4, 100, dtype=torch.uint8).numpy(), b"labels": [0] * 4}, 2))
+    return root
+
+
+BAD = {
+    "depth": (["model.depth=21"], "CIFAR depth must be 6n+2"),
+    "shortcut": (["model.shortcut=D"], "unknown shortcut 'D'; valid: none, A, B, C"),
+    "experiment": (["exp=fig99"], "Could not find 'exp/fig99'"),
+    "missing data": (["data.download=false", "data.root=/nonexistent/cifar"], "not found in /nonexistent/cifar"),
+    "eval_every": (["eval_every=0"], "eval_every=0 must be a positive integer"),
+    "batch_size": (["optim.batch_size=-1"], "optim.batch_size=-1 must be a positive integer"),
+    "total_steps": (["optim.total_steps=0"], "optim.total_steps=0 must be a positive integer"),
+    "truncated": ("truncated", "corrupt CIFAR-10 file"),
+    "code": ("code", "refusing to load posix.system"),
+    "shape": ("shape", "expected uint8 N x 3072"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, cifar_root, case):
+    extra, message = BAD[case]
+    results = tmp_path / "results"
+    cifar = cifar_root
+    if isinstance(extra, str):
+        cifar, extra = _tamper(extra, tmp_path / "c"), []
+    cmd = train_cmd(results, cifar, *extra)
+    if case == "experiment":
+        cmd.remove("exp=smoke")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and "Traceback" not in out.stdout
+    if case != "experiment":
+        assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not results.exists()  # nothing written to results/
+    assert not (tmp_path / "c" / "PWNED").exists()
+
+
+def test_cuda_out_of_memory_suggests_a_smaller_batch_and_leaves_no_folder(tmp_path, cifar_root, monkeypatch):
+    import repro.train as t
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(t, "train", oom)
+    cfg = compose(["exp=smoke", f"results_dir={tmp_path}", f"data.root={cifar_root}", "exp_name=r"])
+    with pytest.raises(ConfigError, match=r"CUDA out of memory at optim.batch_size=32; try a smaller batch \(e.g. optim.batch_size=16\)"):
+        run(cfg)
+    assert not (tmp_path / "r" / RUN).exists()
