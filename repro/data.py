@@ -33,6 +33,10 @@ class DataError(Exception):
     """Missing, corrupt or malformed data: the message names the path and how to fix it."""
 
 
+class UnsafePickle(pickle.UnpicklingError):
+    """A pickle that asks for something other than the CIFAR format's classes."""
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Admits only what CIFAR's pickles need: numpy array reconstruction (and `_codecs.encode`, which
     Python 3 uses for raw bytes in protocol-2 pickles). Anything else (os.system, eval, subprocess, ...)
@@ -50,7 +54,7 @@ class _SafeUnpickler(pickle.Unpickler):
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of the CIFAR format")
+            raise UnsafePickle(f"refusing to load {module}.{name}: not part of the CIFAR format") from None
 
 
 def safe_load_pickle(path: Path) -> dict:
@@ -61,8 +65,9 @@ def safe_load_pickle(path: Path) -> dict:
         raise DataError(f"CIFAR-10 file not found: {path}; {HOW_TO_GET}") from None
     try:
         obj = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except pickle.UnpicklingError as e:
-        raise DataError(f"unsafe or corrupt pickle {path}: {e}; re-download the data ({HOW_TO_GET})") from None
+    except UnsafePickle as e:
+        raise DataError(f"unsafe pickle {path}: {e} (tampered file?); nothing in it was run; re-download the "
+                        f"data ({HOW_TO_GET})") from None
     except Exception as e:  # truncated files raise EOFError, garbage raises many things
         raise DataError(f"corrupt CIFAR-10 file {path} ({type(e).__name__}: {e}); {HOW_TO_GET}") from None
     if not isinstance(obj, dict):
