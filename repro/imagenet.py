@@ -118,39 +118,49 @@ def load_imagefolder(cfg) -> ImageFolderData:
 
 
 class StepSampler(Sampler[int]):
-    """Indices of the samples of steps [start, total) for one rank: epoch e is a permutation seeded by
-    (seed, e); each global batch is split across ranks. A pure function of the step, so resumable."""
+    """Stream positions of steps [start, total) for one rank: step s covers positions s*B .. s*B+B-1 of an
+    endless sequence of epochs, and rank r takes the r-th slice of each global batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, total_steps: int, rank: int = 0,
-                 world: int = 1):
-        self.n, self.batch, self.seed = n, batch_size, seed
-        self.start, self.total, self.rank, self.world = start_step, total_steps, rank, world
+    def __init__(self, batch_size: int, start_step: int, total_steps: int, rank: int = 0, world: int = 1):
+        self.batch, self.start, self.total, self.rank, self.world = batch_size, start_step, total_steps, rank, world
 
     def __iter__(self):
-        perms: dict[int, torch.Tensor] = {}
-        per_rank = self.batch // self.world
+        per = self.batch // self.world
         for step in range(self.start, self.total):
-            pos = step * self.batch + self.rank * per_rank
-            for p in range(pos, pos + per_rank):
-                e = p // self.n
-                if e not in perms:
-                    perms = {e: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + e + 1))}
-                yield int(perms[e][p % self.n])
+            first = step * self.batch + self.rank * per
+            yield from range(first, first + per)
 
     def __len__(self) -> int:
         return (self.total - self.start) * (self.batch // self.world)
 
 
+class StreamDataset(Dataset):
+    """Position p of the stream -> sample perm_e[p mod n] of epoch e = p // n, augmented with the torch RNG
+    seeded by (seed, p): every crop, flip and colour shift is a pure function of the position, so a
+    resumed run, or the same global batch split over ranks, sees exactly the same images."""
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed, self.n = base, seed, len(base)
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, p: int):
+        e = p // self.n
+        if self._perm is None or self._perm[0] != e:
+            g = torch.Generator().manual_seed(self.seed * 7919 + e + 1)
+            self._perm = (e, torch.randperm(self.n, generator=g))
+        torch.manual_seed(self.seed * 1_000_003 + p)
+        return self.base[int(self._perm[1][p % self.n])]
+
+
 def train_loader(data: ImageFolderData, batch_size: int, seed: int, start_step: int, total_steps: int,
                  workers: int, rank: int = 0, world: int = 1) -> DataLoader:
-    sampler = StepSampler(len(data.train), batch_size, seed, start_step, total_steps, rank, world)
-    return DataLoader(data.train, batch_size=batch_size // world, sampler=sampler, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, drop_last=False,
-                      worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(seed + start_step))
-
-
-def _seed_worker(worker_id: int) -> None:
-    torch.manual_seed(torch.initial_seed() % 2**31 + worker_id)
+    sampler = StepSampler(batch_size, start_step, total_steps, rank, world)
+    return DataLoader(StreamDataset(data.train, seed), batch_size=batch_size // world, sampler=sampler,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers else None)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:

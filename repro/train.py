@@ -145,6 +145,24 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, fast: Fast,
+               splits: int = 1) -> torch.Tensor:
+    """One SGD step on a batch, in `splits` chunks with their own BN statistics; returns
+    [summed loss, errors, count] as a device tensor (no host synchronisation)."""
+    opt.zero_grad(set_to_none=True)
+    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for xs, ys in zip(x.chunk(splits), y.chunk(splits)):
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=fast.bf16):
+            out = model(fast.prepare(xs))
+        loss = F.cross_entropy(out.float(), ys)
+        (loss / splits).backward()
+        sums[0] += loss.detach() * len(ys)
+        sums[1] += (out.detach().argmax(1) != ys).sum()
+        sums[2] += len(ys)
+    opt.step()
+    return sums
+
+
 def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | None, fast: Fast, state: State,
           opt: torch.optim.Optimizer, device: torch.device) -> str:
     """The training loop. `run_dir` is None on ranks other than 0 (they write nothing). Returns the
@@ -167,19 +185,10 @@ def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | 
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = next(batches)
-            opt.zero_grad(set_to_none=True)
-            for xs, ys in zip(x.chunk(splits), y.chunk(splits)):
-                with torch.autocast(device.type, torch.bfloat16, enabled=fast.bf16):
-                    out = step_fn(fast.prepare(xs))
-                loss = F.cross_entropy(out.float(), ys)
-                (loss / splits).backward()
-                wrong = (out.detach().argmax(1) != ys).sum()
-                sums += torch.stack([loss.detach().double() * len(ys), wrong.double(),
-                                     torch.tensor(float(len(ys)), device=device, dtype=torch.float64)])
-                if warming_up:
-                    wsums += torch.stack([wrong.double(), torch.tensor(float(len(ys)), device=device,
-                                                                       dtype=torch.float64)])
-            opt.step()
+            batch_sums = train_step(step_fn, opt, x, y, fast, splits)
+            sums += batch_sums
+            if warming_up:
+                wsums += batch_sums[1:]
             state.step += 1
             if warming_up and state.step % o.warmup_check_every == 0:
                 # §4.2: "0.01 to warm up the training until the training error is below 80%"; never re-entered

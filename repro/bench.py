@@ -1,0 +1,247 @@
+"""`make bench`: end-to-end training throughput of our pipeline against a reference pipeline written
+the standard way, measured in the same run, on the current device. Writes plots/bench.json.
+
+Ours:      the whole data set as uint8 on the device, batched augmentation, channels_last, (CUDA: bf16
+           autocast), one process; `train_step` is the very function the training loop calls.
+Reference: torchvision's CIFAR10 dataset + DataLoader (2 workers) with PIL transforms + an eager fp32
+           NCHW model — the way common reproductions are written.
+Throughput = images/s over data + augmentation + forward + backward + step, median of several timed
+windows after warm-up. Effective TFLOP/s uses 6 x the paper's per-image multiply-adds per trained image
+(paper.md "Compute": a training step costs ~3 forward passes of 2 FLOPs per multiply-add).
+
+    python -m repro.bench [--cifar10 DIR] [--imagenet DIR] [--quick] [--out plots/bench.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .data import BatchStream, find_cifar_dir, load_image_data
+from .models import build_model, count_macs
+from .sources import Fast
+from .train import resolve_fast, train_step
+
+CIFAR_NETS = [(20, "A"), (20, "none"), (56, "A"), (56, "none"), (110, "A"), (110, "none")]
+IMAGENET_NETS = [(18, "A"), (34, "A")]
+
+
+def timed(step, windows: int, steps_per_window: int, warmup: int, sync) -> list[float]:
+    """Seconds per step in each timed window (after `warmup` untimed steps)."""
+    for _ in range(warmup):
+        step()
+    sync()
+    out = []
+    for _ in range(windows):
+        t = time.perf_counter()
+        for _ in range(steps_per_window):
+            step()
+        sync()
+        out.append((time.perf_counter() - t) / steps_per_window)
+    return out
+
+
+def _sync(device: torch.device):
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def _peak_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+    except ImportError:
+        return None
+
+
+def measure_ours(cifar: Path, depth: int, shortcut: str, device: torch.device, batch: int, windows: int,
+                 steps: int, fast: Fast | None = None) -> dict:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "cifar10", "root": str(cifar), "download": False, "url": "", "fallback": "none",
+                            "synthetic_seed": 0, "val_size": 0, "train_size": 0, "test_size": 0})
+    data = load_image_data(cfg, device)
+    fast = fast or resolve_fast(OmegaConf.create({"channels_last": "auto", "bf16": "auto", "compile": False}), device)
+    torch.manual_seed(0)
+    model = build_model("cifar10", depth, shortcut).to(device)
+    if fast.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    stream = BatchStream(data, batch, seed=0)
+    it = iter(range(10**9))
+
+    def step():
+        x, y = stream.batch(next(it))
+        train_step(model, opt, x, y, fast)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    secs = timed(step, windows, steps, warmup=2, sync=_sync(device))
+    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "peak_mb": _peak_mb(device),
+            "fast": vars(fast)}
+
+
+def torchvision_cifar10(root: Path, transform):
+    """torchvision's CIFAR10 reader without its md5 check of the batch files (re-encoded copies are fine)."""
+    import torchvision
+
+    class CIFAR10Offline(torchvision.datasets.CIFAR10):
+        def _check_integrity(self) -> bool:
+            return True
+
+    return CIFAR10Offline(str(root), train=True, download=False, transform=transform)
+
+
+def measure_reference(cifar: Path, depth: int, shortcut: str, device: torch.device, batch: int, windows: int,
+                      steps: int, workers: int = 2) -> dict:
+    """The standard way: PIL transforms in DataLoader workers, eager fp32 NCHW model."""
+    import torch.nn.functional as F
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+    ds = torchvision_cifar10(cifar.parent if cifar.name == "cifar-10-batches-py" else cifar, tf)
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    torch.manual_seed(0)
+    model = build_model("cifar10", depth, shortcut).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    batches = iter(loader)
+
+    def step():
+        nonlocal batches
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # common reproductions log the loss every step (a host sync)
+
+    secs = timed(step, windows, steps, warmup=2, sync=_sync(device))
+    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "workers": workers}
+
+
+def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch: int, windows: int, steps: int) -> dict:
+    """Our ImageNet path: torchvision ImageFolder + the paper's augmentation in loader workers, or (no
+    folder given) synthetic 224x224 tensors, which measures the model alone."""
+    from omegaconf import OmegaConf
+
+    fast = resolve_fast(OmegaConf.create({"channels_last": "auto", "bf16": "auto", "compile": False}), device)
+    torch.manual_seed(0)
+    model = build_model("imagenet", depth, "A", num_classes=1000).to(device)
+    if fast.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    if root is not None:
+        from .imagenet import load_imagefolder, train_loader
+
+        data = load_imagefolder(OmegaConf.create({"name": "imagenette", "root": str(root)}))
+        loader = train_loader(data, batch, 0, 0, 10**6, workers=2)
+        it = iter(loader)
+        source = f"ImageFolder {root}"
+    else:
+        x0, y0 = torch.randn(batch, 3, 224, 224, device=device), torch.randint(0, 1000, (batch,), device=device)
+        it = iter(lambda: (x0, y0), None)
+        source = "synthetic tensors (model only)"
+
+    def step():
+        x, y = next(it)
+        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True), fast)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    secs = timed(step, windows, steps, warmup=1, sync=_sync(device))
+    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "peak_mb": _peak_mb(device),
+            "data": source, "fast": vars(fast)}
+
+
+def _concurrent_worker(args) -> float:
+    cifar, depth, batch, windows, steps = args
+    torch.set_num_threads(1)
+    return measure_ours(Path(cifar), depth, "A", torch.device("cpu"), batch, windows, steps)["images_per_s"]
+
+
+def measure_concurrent(cifar: Path, depth: int, procs: int, batch: int, windows: int, steps: int) -> dict:
+    """CPU: `procs` runs at once, one thread each (how the demo and `make cifar` run small nets) —
+    the aggregate throughput, against one run using every thread."""
+    with mp.get_context("spawn").Pool(procs) as pool:
+        rates = pool.map(_concurrent_worker, [(str(cifar), depth, batch, windows, steps)] * procs)
+    return {"processes": procs, "threads_each": 1, "aggregate_images_per_s": sum(rates), "per_process": rates}
+
+
+def tflops(images_per_s: float, macs: int) -> float:
+    return images_per_s * 6 * macs / 1e12
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m repro.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar10", type=Path, default=Path("data/cifar10"))
+    p.add_argument("--imagenet", type=Path, default=None, help="an ImageFolder root (e.g. Imagenette)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="ResNet-20/56 only, fewer windows")
+    p.add_argument("--out", type=Path, default=Path("plots/bench.json"))
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    if find_cifar_dir(args.cifar10) is None:
+        print(f"error: CIFAR-10 not found in {args.cifar10}; make bench CIFAR10=/path (or make data)")
+        return 2
+    cuda = device.type == "cuda"
+    windows, steps = (3, 2) if args.quick else (5, 3)
+    if cuda:
+        windows, steps = 5, 20
+    nets = CIFAR_NETS[:4] if args.quick else CIFAR_NETS
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu: {platform.processor() or platform.machine()}, "
+                                                                  f"{torch.get_num_threads()} threads",
+        "torch": torch.__version__, "method": __doc__.split("\n\n")[1], "cifar10": [], "imagenet": [],
+    }
+    for depth, sc in nets:
+        macs = count_macs(build_model("cifar10", depth, sc), 32)
+        ours = measure_ours(args.cifar10, depth, sc, device, 128, windows, steps)
+        ref = measure_reference(args.cifar10, depth, sc, device, 128, windows, steps)
+        row = {"net": f"{'plain' if sc == 'none' else 'ResNet'}-{depth}", "batch": 128, "macs_per_image": macs,
+               "ours": ours, "reference": ref, "speedup": ours["images_per_s"] / ref["images_per_s"],
+               "ours_tflops": tflops(ours["images_per_s"], macs), "reference_tflops": tflops(ref["images_per_s"], macs)}
+        report["cifar10"].append(row)
+        print(f"{row['net']:>10}: ours {ours['images_per_s']:8.0f} img/s | reference {ref['images_per_s']:8.0f} img/s | "
+              f"x{row['speedup']:.2f} | {row['ours_tflops']:.3f} TFLOP/s", flush=True)
+    if not cuda:
+        conc = measure_concurrent(args.cifar10, 20, 2, 128, windows, steps)
+        single = next(r for r in report["cifar10"] if r["net"] == "ResNet-20")["ours"]["images_per_s"]
+        conc["vs_one_process"] = conc["aggregate_images_per_s"] / single
+        report["concurrent_resnet20"] = conc
+        print(f"concurrent: 2 runs x 1 thread = {conc['aggregate_images_per_s']:.0f} img/s aggregate "
+              f"(x{conc['vs_one_process']:.2f} one run on all threads)", flush=True)
+    inet_batch = 256 if cuda else 32  # the paper's 256 on a GPU; a CPU step at 256 takes most of a minute
+    for depth, _ in IMAGENET_NETS:
+        macs = count_macs(build_model("imagenet", depth, "A"), 224)
+        r = measure_imagenet(args.imagenet, depth, device, inet_batch, 3 if not cuda else 5, 1 if not cuda else 10)
+        report["imagenet"].append({"net": f"ResNet-{depth}", "batch": inet_batch, "macs_per_image": macs, "ours": r,
+                                   "ours_tflops": tflops(r["images_per_s"], macs)})
+        print(f"{'ResNet-' + str(depth):>10}: ours {r['images_per_s']:8.1f} img/s (batch {inet_batch}, {r['data']})",
+              flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""The ImageNet path: Table 1 complexity, the paper's augmentation, 10-crop testing, folder errors, and a
+2-process data-parallel run (gloo, CPU) that matches a single process with the same global batch."""
+import os
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from repro.data import DataError
+from repro.imagenet import CROP, eval_transform, evaluate_crops, load_imagefolder, train_transform
+from repro.models import SHORTCUTS, build_model, count_macs, count_params
+from conftest import IMAGENETTE, ROOT, python
+
+TABLE1_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
+
+
+@pytest.mark.parametrize("depth", sorted(TABLE1_GMACS))
+def test_multiply_adds_match_table1(depth):
+    macs = count_macs(build_model("imagenet", depth, "B"), 224) / 1e9
+    assert macs == pytest.approx(TABLE1_GMACS[depth], rel=0.03)
+
+
+def test_cifar_multiply_adds_match_paper_md():
+    expected = {20: 40.6, 32: 68.9, 44: 97.2, 56: 125.5, 110: 252.9}  # paper.md "Compute", millions
+    for depth, m in expected.items():
+        assert count_macs(build_model("cifar10", depth, "A"), 32) / 1e6 == pytest.approx(m, abs=0.06)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50])
+def test_shortcut_options_order_parameters(depth):
+    n = {s: count_params(build_model("imagenet", depth, s)) for s in SHORTCUTS}
+    assert n["none"] == n["A"] < n["B"] < n["C"]
+
+
+def write_folder(root, classes=2, per_class=4, size=(96, 80), seed=0):
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"n0000000{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(img).save(d / f"img_{i}.JPEG", quality=90)
+    return root
+
+
+def test_train_augmentation_output_size_and_range():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    x = train_transform()(img)
+    assert x.shape == (3, CROP, CROP) and x.dtype == torch.float32
+    assert -1.0 < x.min() < 0 < x.max() < 1.0  # [0, 1] minus the mean, plus a small PCA colour shift
+    torch.manual_seed(1)
+    assert not torch.equal(x, train_transform()(img))  # random scale, crop, flip, lighting
+
+
+def test_ten_crop_gives_ten_views_and_averages_logits(tmp_path):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 300, 3), dtype=np.uint8))
+    views = eval_transform(10)(img)
+    assert views.shape == (10, 3, CROP, CROP)
+    assert torch.allclose(views[5], views[4].flip(-1))  # torchvision's order: 5 crops, then their flips
+    root = write_folder(tmp_path / "f", classes=3, per_class=1, size=(300, 256))
+    torch.manual_seed(0)
+    model = build_model("imagenet", 18, "A", num_classes=3, width=8).eval()
+    result = evaluate_crops(model, root, 10, batch_size=10, workers=0, device=torch.device("cpu"))
+    assert result["crops"] == 10 and result["images"] == 3
+    from torchvision import datasets
+
+    ds = datasets.ImageFolder(str(root / "val"), transform=eval_transform(10))
+    with torch.no_grad():
+        wrong = sum(int(model(ds[i][0]).mean(0).argmax() != ds[i][1]) for i in range(3))  # mean of 10 views' logits
+    assert result["top1_err"] == pytest.approx(wrong / 3)
+    assert result["top5_err"] == 0.0  # 3 classes: the label is always in the top 5
+
+
+def test_missing_and_malformed_folders_give_clear_errors(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = lambda root: OmegaConf.create({"name": "x", "root": str(root)})  # noqa: E731
+    with pytest.raises(DataError, match=r"train folder not found: .*nowhere/train"):
+        load_imagefolder(cfg(tmp_path / "nowhere"))
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="no class folders"):
+        load_imagefolder(cfg(tmp_path / "empty"))
+    root = write_folder(tmp_path / "f")
+    (root / "train" / "n00000009").mkdir()
+    with pytest.raises(DataError, match="without images.*n00000009"):
+        load_imagefolder(cfg(root))
+
+
+def test_the_shared_imagenette_sample_loads(tmp_path):
+    if not (IMAGENETTE / "train").exists():
+        pytest.skip("../shared/data/imagenette not present")
+    from omegaconf import OmegaConf
+
+    data = load_imagefolder(OmegaConf.create({"name": "imagenette", "root": str(IMAGENETTE)}))
+    assert (len(data.train), len(data.val), data.num_classes) == (1000, 300, 10)
+    x, y = data.train[0]
+    assert x.shape == (3, CROP, CROP)
+
+
+def _run(cmd, env=None):
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-3000:]
+    return out
+
+
+def test_two_process_gloo_run_matches_one_process_with_the_same_global_batch(tmp_path):
+    root = write_folder(tmp_path / "data", classes=2, per_class=8)
+    common = ["exp=fig4_imagenette", f"data.root={root}", "data.workers=0", "model.width=8", "optim.batch_size=8",
+              "optim.total_steps=4", "eval_every=2", "save_model=false", "threads=1", "fast.channels_last=false"]
+    _run([python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "repro.train", *common,
+          f"results_dir={tmp_path / 'ddp'}"])
+    # One process, the same global batch of 8 in 2 chunks of 4 with their own BN statistics, as the 2 ranks.
+    _run([python(), "-m", "repro.train", *common, "optim.splits=2", f"results_dir={tmp_path / 'one'}"])
+    runs = list((tmp_path / "ddp" / "fig4_imagenette").iterdir())
+    assert [r.name for r in runs] == ["imagenette-resnet-18-s0"]  # rank 0 alone wrote, once
+    ddp = pd.read_csv(runs[0] / "metrics.csv")
+    one = pd.read_csv(next((tmp_path / "one" / "fig4_imagenette").iterdir()) / "metrics.csv")
+    assert list(ddp.step) == [2, 4]
+    for col in ("train_loss", "train_err", "lr", "epoch"):
+        np.testing.assert_allclose(ddp[col], one[col], rtol=1e-4, atol=1e-6)
+    assert "x 2 processes" in open(runs[0] / "meta.json").read()
