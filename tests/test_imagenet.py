@@ -61,7 +61,7 @@ def test_ten_crop_gives_ten_views_and_averages_logits(tmp_path):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 300, 3), dtype=np.uint8))
     views = eval_transform(10)(img)
     assert views.shape == (10, 3, CROP, CROP)
-    assert torch.allclose(views[5], views[4].flip(-1))  # torchvision's order: 5 crops, then their flips
+    assert torch.allclose(views[9], views[4].flip(-1))  # 5 crops, then the same 5 of the flipped image
     root = write_folder(tmp_path / "f", classes=3, per_class=1, size=(300, 256))
     torch.manual_seed(0)
     model = build_model("imagenet", 18, "A", num_classes=3, width=8).eval()
