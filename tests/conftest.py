@@ -2,7 +2,6 @@
 format, and a helper that composes the real Hydra configs (shrunk) for training runs."""
 from __future__ import annotations
 
-import pickle
 import sys
 from pathlib import Path
 
@@ -22,21 +21,14 @@ def cifar_root() -> Path:
     return CIFAR
 
 
-def write_cifar_folder(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
-    """A tiny CIFAR-10 in the exact cifar-10-batches-py format (python-2 style pickles, bytes keys)."""
+def write_cifar_folder(root: Path, n_train: int = 250, n_test: int = 20, seed: int = 0) -> Path:
+    """A tiny CIFAR-10 of random pixels in the exact cifar-10-batches-py format (protocol-2 pickles)."""
+    from repro.data import write_cifar_format
+
     rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in files:
-        n = n_test if name == "test_batch" else n_train
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n).tolist(),
-                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": n_train}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return folder
+    arrays = (rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n_train),
+              rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n_test))
+    return write_cifar_format(root, *arrays)
 
 
 @pytest.fixture
