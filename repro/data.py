@@ -223,7 +223,7 @@ def load_image_data(cfg, device: torch.device) -> ImageData:
     else:
         try:
             arrays = load_cifar10(root, download=cfg.download, url=cfg.url)
-            name, source = "cifar10", f"CIFAR-10 from {root.resolve()}"
+            name, source = "cifar10", f"CIFAR-10 from {root}"
         except DataError as e:
             if cfg.get("fallback") != "synthetic" or find_cifar_dir(root) is not None:
                 raise  # a corrupt real data set is an error, never silently replaced
@@ -246,9 +246,10 @@ def load_image_data(cfg, device: torch.device) -> ImageData:
                      put(val_x), put(val_y))
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator whose stream depends only on (seed, step): resume needs no RNG state."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """A generator on `device` whose stream depends only on (seed, step): resume needs no RNG state, and
+    drawing on the device keeps the step free of host synchronisation on CUDA."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
 class BatchStream:
@@ -258,37 +259,36 @@ class BatchStream:
 
     def __init__(self, data: ImageData, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.data, self.batch_size, self.seed = data, batch_size, seed
-        self.n = len(data.train_x)
+        self.n, self.device = len(data.train_x), data.train_x.device
         per = batch_size // world
         self.mine = slice(rank * per, (rank + 1) * per)
         self._perms: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
+        """Epoch `epoch`'s order (drawn on the CPU, the same on every device), kept on the device."""
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch + 1)
-            self._perms = {epoch: torch.randperm(self.n, generator=g), **{k: v for k, v in self._perms.items() if k == epoch - 1}}
+            perm = torch.randperm(self.n, generator=g).to(self.device)
+            self._perms = {k: v for k, v in self._perms.items() if k == epoch - 1} | {epoch: perm}
         return self._perms[epoch]
 
     def indices(self, step: int) -> torch.Tensor:
         start = step * self.batch_size
-        pos = torch.arange(start, start + self.batch_size)
-        epochs = pos // self.n
-        first = int(epochs[0])
-        out = self._perm(first)[pos % self.n]
-        if int(epochs[-1]) != first:
-            later = epochs != first
-            out[later] = self._perm(first + 1)[pos[later] % self.n]
-        return out
+        first, at = divmod(start, self.n)
+        head = self._perm(first)[at : at + self.batch_size]
+        if len(head) == self.batch_size:
+            return head
+        return torch.cat([head, self._perm(first + 1)[: self.batch_size - len(head)]])
 
     def epoch(self, step: int) -> float:
         """Epochs completed after `step` steps."""
         return step * self.batch_size / self.n
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = _step_generator(self.seed, step)
-        offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g)[:, self.mine]
-        flips = (torch.rand(self.batch_size, generator=g) < 0.5)[self.mine]
-        idx = self.indices(step)[self.mine].to(self.data.train_x.device)
+        g = _step_generator(self.seed, step, self.device)
+        offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g, device=self.device)[:, self.mine]
+        flips = (torch.rand(self.batch_size, generator=g, device=self.device) < 0.5)[self.mine]
+        idx = self.indices(step)[self.mine]
         x = augment(self.data.train_x[idx], self.data.mean, offsets, flips)
         return x, self.data.train_y[idx]
 
@@ -304,7 +304,6 @@ def augment(x: torch.Tensor, mean: torch.Tensor, offsets: torch.Tensor, flips: t
     b, c, h, w = x.shape
     dev = x.device
     padded = torch.nn.functional.pad(normalize(x, mean), (PAD, PAD, PAD, PAD))
-    offsets, flips = offsets.to(dev, non_blocking=True), flips.to(dev, non_blocking=True)
     rows = offsets[0, :, None] + torch.arange(h, device=dev)  # (B, H)
     cols = offsets[1, :, None] + torch.arange(w, device=dev)  # (B, W)
     cols = torch.where(flips[:, None], cols.flip(1), cols)

@@ -114,7 +114,7 @@ def load_imagefolder(cfg) -> ImageFolderData:
     if train.classes != val.classes:
         raise DataError(f"train and val class folders differ under {root}: "
                         f"{sorted(set(train.classes) ^ set(val.classes))[:5]}")
-    return ImageFolderData(cfg.name, f"{cfg.name} from {root.resolve()}", train, val, len(train.classes))
+    return ImageFolderData(cfg.name, f"{cfg.name} from {root}", train, val, len(train.classes))
 
 
 class StepSampler(Sampler[int]):

@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -84,30 +85,36 @@ def label(df: pd.DataFrame, net: Net) -> str:
     return text
 
 
-def draw(ax, df: pd.DataFrame, nets: list[Net], columns: dict[str, dict], ylim, xlabel="iter. (1e4)") -> list[str]:
-    """Draw `columns` (e.g. train_err dashed, test_err bold) for each net; return the missing nets."""
-    missing = []
+def draw(ax, df: pd.DataFrame, nets: list[Net], columns: dict[str, dict], ylim) -> list[str]:
+    """Draw `columns` (e.g. train_err dashed, test_err bold) for each net; return the missing nets.
+    The x axis is in 1e4 iterations as in the paper, or in iterations for runs shorter than 1e4."""
+    missing, unit = [], 1e4 if not df.empty and df.step.max() >= 10_000 else 1
     for net in nets:
         drawn = False
-        for column, style in columns.items():
+        for i, (column, style) in enumerate(columns.items()):
             c = curves(df, net, column)
             if c is None:
                 continue
-            x = c["step"] / 1e4
+            x = c["step"] / unit
             kw = dict(color=net_color(net[0]), **style)
-            ax.plot(x, 100 * c["mean"], label=label(df, net) if not drawn else None, **kw)
+            ax.plot(x, 100 * c["mean"], label=label(df, net) if i == len(columns) - 1 else None, **kw)
             if c["count"].max() > 1:  # several seeds: min-max band around the mean
                 ax.fill_between(x, 100 * c["min"], 100 * c["max"], color=kw["color"], alpha=0.15, lw=0)
             drawn = True
         if not drawn:
             missing.append(display_name(*net))
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel("iter. (1e4)" if unit == 1e4 else "iter.")
     ax.set_ylabel("error (%)")
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize=7, loc="upper right")
+        handles, labels = ax.get_legend_handles_labels()
+        if len(columns) > 1:  # what the line styles mean, once
+            names = {"train_err": "training", "test_err": "test"}
+            handles += [Line2D([], [], color="0.3", **st) for st in columns.values()]
+            labels += [names.get(col, col) for col in columns]
+        ax.legend(handles, labels, fontsize=7, loc="upper right")
     return missing
 
 
@@ -150,8 +157,8 @@ def fig1(df: pd.DataFrame, out: Path, ylim=(0, 20)) -> Artefact:
     axes[0].set_ylabel("training error (%)")
     axes[1].set_ylabel("test error (%)")
     a = Artefact("fig1", "Fig. 1 — plain-20 vs plain-56 on CIFAR-10", save(fig, out, "fig1"), missing=missing)
-    a.caption = _caption(missing, "Training error (left) and test error (right). The deeper plain net has higher "
-                                  "training error, and thus test error.")
+    a.caption = _caption(missing, "Training error (left) and test error (right). Paper: the deeper plain net has "
+                                  "higher training error, and thus test error.")
     return a
 
 
@@ -218,7 +225,8 @@ def fig7(resp: pd.DataFrame, out: Path) -> Artefact:
     a = Artefact("fig7", "Fig. 7 — standard deviation of layer responses on CIFAR-10", save(fig, out, "fig7"),
                  missing=missing)
     a.caption = _caption(missing, "Responses are the outputs of each 3x3 layer after BN, before the nonlinearity "
-                                  "and addition. ResNets' responses are smaller than plain nets'.")
+                                  "and addition. Paper: ResNets' responses are smaller than plain nets', and deeper "
+                                  "ResNets' smaller still.")
     return a
 
 

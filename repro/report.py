@@ -116,7 +116,8 @@ def scale_table(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "experiment": exp,
             "nets": ", ".join(display_name(d, s) for d, s in sorted(set(zip(sub.depth, sub.shortcut)))),
-            "iterations": f"{int(last.step.min())}–{int(last.step.max())} of {int(sub.total_steps.max())}",
+            "iterations": (f"{int(last.step.max())}" if last.step.min() == last.step.max() else
+                           f"{int(last.step.min())}–{int(last.step.max())}") + f" of {int(sub.total_steps.max())}",
             "data": ", ".join(sorted(set(sub.data))),
             "seeds": sub.seed.nunique(),
             "device": ", ".join(sorted(set(sub.device))),

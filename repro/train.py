@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import SignalFlag, State, fault_point, load_checkpoint, save_checkpoint
 from .data import DataError
-from .models import build_model, count_params
+from .models import SHORTCUTS, arch_for, build_model, count_params
 from .names import display_name, run_name
 from .results import (MetricsWriter, ResultsError, atomic_write, columns_for, git_revision, prepare_run_dir,
                       truncate_metrics, update_meta)
@@ -268,14 +268,17 @@ def run(cfg: DictConfig) -> str:
     device = resolve_device(cfg.device, local_rank)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
-    src = load_source(cfg, device, rank, world)
-    torch.manual_seed(cfg.seed)  # He init from the seed: same seed, same net
-    try:
-        model = build_model(cfg.model.family, cfg.model.depth, cfg.model.shortcut,
-                            num_classes=src.num_classes if cfg.model.family == "imagenet" else None,
-                            width=cfg.model.get("width"))
+    try:  # the architecture first: a bad depth or shortcut fails before any data is read
+        arch_for(cfg.model.family, cfg.model.depth, width=cfg.model.get("width"))
+        if cfg.model.shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut {cfg.model.shortcut!r}; valid: {', '.join(SHORTCUTS)} (none = plain)")
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+    src = load_source(cfg, device, rank, world)
+    torch.manual_seed(cfg.seed)  # He init from the seed: same seed, same net
+    model = build_model(cfg.model.family, cfg.model.depth, cfg.model.shortcut,
+                        num_classes=src.num_classes if cfg.model.family == "imagenet" else None,
+                        width=cfg.model.get("width"))
     if rank == 0:
         print(f"[data] {src.source}: {src.train_size} train / {src.test_size} test images", flush=True)
     run_dir = run_dir_for(cfg, src.name)
@@ -287,7 +290,8 @@ def run(cfg: DictConfig) -> str:
         dist.broadcast_object_list(modes, src=0)
         mode = modes[0]
     if mode == "skip":
-        print(f"[results] {run_dir} is done; skipping (overwrite=true to redo it)", flush=True) if rank == 0 else None
+        if rank == 0:
+            print(f"[results] {run_dir} is done; skipping (overwrite=true to redo it)", flush=True)
         return "done"
     fast = resolve_fast(cfg.fast, device)
     model = model.to(device, memory_format=torch.channels_last if fast.channels_last else torch.preserve_format)
@@ -307,7 +311,7 @@ def run(cfg: DictConfig) -> str:
             (run_dir / "metrics.csv").unlink(missing_ok=True)  # rows without a checkpoint cannot be continued
             atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)).encode())
         rev, dirty = git_revision()
-        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
         update_meta(run_dir, status="running", data=src.name, data_source=src.source, params=count_params(model),
                     device=dev_name + (f" x {world} processes" if world > 1 else ""), torch=torch.__version__,
                     git_revision=rev, git_dirty=dirty, fast=vars(fast), total_steps=cfg.optim.total_steps,
