@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -122,7 +123,7 @@ def save(fig, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(files[0], dpi=150, bbox_inches="tight")
-    fig.savefig(files[1], bbox_inches="tight")
+    fig.savefig(files[1], bbox_inches="tight", metadata={"CreationDate": None})  # reproducible bytes
     plt.close(fig)
     return files
 
@@ -201,10 +202,14 @@ def fig4(df: pd.DataFrame, out: Path, ylim=(20, 60)) -> Artefact:
     return a
 
 
-def fig7(resp: pd.DataFrame, out: Path) -> Artefact:
-    """Fig. 7: std of layer responses on the test set, in layer order (top) and sorted (bottom)."""
-    nets = [(20, "none"), (56, "none"), (20, "A"), (56, "A"), (110, "A")]
-    fig, axes = plt.subplots(2, 1, figsize=(7, 6))
+FIG7_NETS = [(20, "none"), (56, "none"), (20, "A"), (56, "A"), (110, "A")]
+
+
+def fig7(resp: pd.DataFrame, out: Path, nets: list[Net] | None = None) -> Artefact:
+    """Fig. 7: std of layer responses on the test set, in layer order (top) and sorted (bottom).
+    `nets` defaults to the paper's (plain-20/56, ResNet-20/56/110)."""
+    nets = nets or FIG7_NETS
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6), constrained_layout=True)
     missing = []
     for depth, sc in nets:
         sub = resp[(resp.depth == depth) & (resp.shortcut == sc)] if not resp.empty else resp
@@ -219,6 +224,7 @@ def fig7(resp: pd.DataFrame, out: Path) -> Artefact:
     axes[1].set_xlabel("layer index (sorted by magnitude)")
     for ax in axes:
         ax.set_ylabel("std")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)

@@ -212,7 +212,8 @@ def write_report(root: Path, out: Path, explicit: list[Path] | None, ylim="paper
         doc.p("Data: " + "; ".join(sorted(set(df.data_source))) + ".")
         _add_artefact(doc, degradation(df, out, None if ylim in ("auto", "paper") else ylim))
         _add_artefact(doc, final_errors(df, out))
-        _add_artefact(doc, fig7(read_responses(explicit or [root]), out))
+        nets = sorted(set(zip(df.depth, df.shortcut)), key=lambda n: (n[1] != "none", n[0]))
+        _add_artefact(doc, fig7(read_responses(explicit or [root]), out, nets))
         vs = _add_verdicts(doc, df, "Verdicts on the paper's claims")
     else:
         title = "Reproduction report — He et al. 2015, the degradation problem"
