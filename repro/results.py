@@ -86,7 +86,9 @@ def git_revision() -> tuple[str, bool]:
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        # the code and configs only: results/ and plots/ change as runs are made
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/repro",
+                                ":/experiments", ":/pyproject.toml", ":/requirements.lock"], cwd=here,
                                capture_output=True, text=True, check=True)
         return rev.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.CalledProcessError):

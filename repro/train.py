@@ -197,7 +197,8 @@ def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | 
                 if errs / n < o.warmup_until_err:
                     state.warmup_done = True
                     print(f"[{name}] warm-up done at step {state.step} (train_err {errs / n:.3f} < "
-                          f"{o.warmup_until_err}): lr back to {o.lr}", flush=True)
+                          f"{o.warmup_until_err}): lr back to the schedule's {lr_at(state.step, o, False, state.decays)}",
+                          flush=True)
             if state.step % cfg.eval_every == 0 or state.step == o.total_steps:
                 loss_sum, err_sum, n = all_reduce(sums.clone()).tolist()
                 row = {"step": state.step, "epoch": round(state.step * o.batch_size / src.train_size, 4), "lr": lr,
