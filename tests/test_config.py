@@ -1,5 +1,4 @@
 """Every experiment composes from the real config tree; sweeps carry their grids; launchers compose."""
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir

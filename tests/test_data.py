@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from repro.data import (BatchStream, DataError, ImageData, augment, load_cifar10, load_image_data, make_synthetic,
-                        read_batch, safe_load_pickle)
+                        read_batch)
 from conftest import write_cifar_folder
 
 

@@ -1,6 +1,5 @@
 """Faults injected on purpose: SIGKILL at random and at chosen points, SIGTERM, a failing run in a sweep,
 divergence, a changed config, and every kind of bad input. Nothing may be lost, duplicated or overwritten."""
-import json
 import os
 import pickle
 import random
