@@ -1,21 +1,25 @@
 """`make bench`: end-to-end training throughput of our pipeline against a reference pipeline written
 the standard way, measured in the same run, on the current device. Writes plots/bench.json.
 
-Ours:      the whole data set as uint8 on the device, batched augmentation, channels_last, (CUDA: bf16
-           autocast), one process; `train_step` is the very function the training loop calls.
+Ours:      the whole data set as uint8 on the device, batched augmentation, and the `fast` switches as
+           `fast=auto` resolves them here (repro/fast.py: channels_last, bf16 where the hardware has it,
+           fused SGD, the CPU allocator setting); `train_step` is the very function the training loop calls.
 Reference: torchvision's CIFAR10 dataset + DataLoader (2 workers) with PIL transforms + an eager fp32
-           NCHW model — the way common reproductions are written.
+           NCHW model and a plain SGD loop — the way common reproductions are written.
+Every measurement runs in a fresh process (its own allocator state, threads and peak memory), one after
+the other; the ablation rows switch our fast path's parts off one at a time.
 Throughput = images/s over data + augmentation + forward + backward + step, median of several timed
 windows after warm-up. Effective TFLOP/s uses 6 x the paper's per-image multiply-adds per trained image
 (paper.md "Compute": a training step costs ~3 forward passes of 2 FLOPs per multiply-add).
 
-    python -m repro.bench [--cifar10 DIR] [--imagenet DIR] [--quick] [--out plots/bench.json]
+    python -m repro.bench [--cifar10 DIR] [--imagenet DIR] [--quick] [--nets 20A,56A] [--out plots/bench.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 import platform
 import statistics
 import tempfile
@@ -27,8 +31,9 @@ import torch
 
 from .data import BatchStream, find_cifar_dir, load_image_data, make_synthetic, write_cifar_format
 from .models import build_model, count_macs
-from .sources import Fast
-from .train import resolve_fast, train_step
+from .names import display_name
+from .fast import Fast, resolve_fast, tune_cpu_allocator
+from .train import train_step
 
 CIFAR_NETS = [(20, "A"), (20, "none"), (56, "A"), (56, "none"), (110, "A"), (110, "none")]
 IMAGENET_NETS = [(18, "A"), (34, "A")]
@@ -59,24 +64,46 @@ def _peak_mb(device: torch.device) -> float | None:
     try:
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's peak RSS (Linux: KiB)
     except ImportError:
         return None
 
 
-def measure_ours(cifar: Path, depth: int, shortcut: str, device: torch.device, batch: int, windows: int,
-                 steps: int, fast: Fast | None = None) -> dict:
+def isolated(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a fresh (spawned, non-daemonic: it may start loader workers) process."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def our_fast_resolved(device: torch.device, **overrides) -> Fast:
     from omegaconf import OmegaConf
 
+    return resolve_fast(OmegaConf.create({"compile": False, **overrides}), device)
+
+
+def our_fast(device: torch.device, **overrides) -> Fast:
+    """The `fast=auto` switches for `device`, with `overrides` (e.g. bf16=False), applied to this process."""
+    fast = our_fast_resolved(device, **overrides)
+    if fast.cpu_allocator:
+        tune_cpu_allocator()
+    return fast
+
+
+def measure_ours(cifar: Path, depth: int, shortcut: str, device: torch.device, batch: int, windows: int,
+                 steps: int, threads: int | None = None, **overrides) -> dict:
+    from omegaconf import OmegaConf
+
+    if threads:
+        torch.set_num_threads(threads)
+    fast = our_fast(device, **overrides)
     cfg = OmegaConf.create({"name": "cifar10", "root": str(cifar), "download": False, "url": "", "fallback": "none",
                             "synthetic_seed": 0, "val_size": 0, "train_size": 0, "test_size": 0})
     data = load_image_data(cfg, device)
-    fast = fast or resolve_fast(OmegaConf.create({"channels_last": "auto", "bf16": "auto", "compile": False}), device)
     torch.manual_seed(0)
     model = build_model("cifar10", depth, shortcut).to(device)
     if fast.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fast.fused_sgd)
     stream = BatchStream(data, batch, seed=0)
     it = iter(range(10**9))
 
@@ -113,7 +140,8 @@ def measure_reference(cifar: Path, depth: int, shortcut: str, device: torch.devi
                     T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
     ds = torchvision_cifar10(cifar.parent if cifar.name == "cifar-10-batches-py" else cifar, tf)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        multiprocessing_context="fork" if workers and "fork" in mp.get_all_start_methods() else None)
     torch.manual_seed(0)
     model = build_model("cifar10", depth, shortcut).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -134,7 +162,8 @@ def measure_reference(cifar: Path, depth: int, shortcut: str, device: torch.devi
         loss.item()  # common reproductions log the loss every step (a host sync)
 
     secs = timed(step, windows, steps, warmup=2, sync=_sync(device))
-    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "workers": workers}
+    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "peak_mb": _peak_mb(device),
+            "workers": workers}
 
 
 def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch: int, windows: int, steps: int) -> dict:
@@ -142,12 +171,12 @@ def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch:
     folder given) synthetic 224x224 tensors, which measures the model alone."""
     from omegaconf import OmegaConf
 
-    fast = resolve_fast(OmegaConf.create({"channels_last": "auto", "bf16": "auto", "compile": False}), device)
+    fast = our_fast(device)
     torch.manual_seed(0)
     model = build_model("imagenet", depth, "A", num_classes=1000).to(device)
     if fast.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fast.fused_sgd)
     if root is not None:
         from .imagenet import load_imagefolder, train_loader
 
@@ -171,22 +200,37 @@ def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch:
             "data": source, "fast": vars(fast)}
 
 
-def _concurrent_worker(args) -> float:
-    cifar, depth, batch, windows, steps = args
-    torch.set_num_threads(1)
-    return measure_ours(Path(cifar), depth, "A", torch.device("cpu"), batch, windows, steps)["images_per_s"]
-
-
 def measure_concurrent(cifar: Path, depth: int, procs: int, batch: int, windows: int, steps: int) -> dict:
     """CPU: `procs` runs at once, one thread each (how the demo and `make cifar` run small nets) —
     the aggregate throughput, against one run using every thread."""
-    with mp.get_context("spawn").Pool(procs) as pool:
-        rates = pool.map(_concurrent_worker, [(str(cifar), depth, batch, windows, steps)] * procs)
+    with ProcessPoolExecutor(procs, mp_context=mp.get_context("spawn")) as pool:
+        jobs = [pool.submit(measure_ours, cifar, depth, "A", torch.device("cpu"), batch, windows, steps, 1)
+                for _ in range(procs)]
+        rates = [j.result()["images_per_s"] for j in jobs]
     return {"processes": procs, "threads_each": 1, "aggregate_images_per_s": sum(rates), "per_process": rates}
 
 
 def tflops(images_per_s: float, macs: int) -> float:
     return images_per_s * 6 * macs / 1e12
+
+
+ABLATION = [  # our fast path with its parts switched off one after another (CPU and CUDA alike)
+    ("bf16 off", {"bf16": False}),
+    ("bf16, cpu_allocator off", {"bf16": False, "cpu_allocator": False}),
+    ("all fast switches off (our data path + eager fp32 NCHW)",
+     {"bf16": False, "cpu_allocator": False, "channels_last": False, "fused_sgd": False}),
+]
+
+
+def parse_nets(text: str) -> list[tuple[int, str]]:
+    """'20A,56none' -> [(20, 'A'), (56, 'none')]."""
+    nets = []
+    for item in filter(None, text.split(",")):
+        depth = item.rstrip("ABCnoe")
+        if not depth.isdigit() or item[len(depth):] not in ("A", "B", "C", "none"):
+            raise SystemExit(f"error: --nets item {item!r}; write depth then shortcut, e.g. 20A or 56none")
+        nets.append((int(depth), item[len(depth):]))
+    return nets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cifar10", type=Path, default=Path("data/cifar10"))
     p.add_argument("--imagenet", type=Path, default=None, help="an ImageFolder root (e.g. Imagenette)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="ResNet-20/56 only, fewer windows")
+    p.add_argument("--quick", action="store_true", help="ResNet-20/56 and plain twins, ResNet-18, fewer windows")
+    p.add_argument("--nets", help="CIFAR nets, e.g. 20A,56none (default: 20/56/110, ResNet A and plain)")
+    p.add_argument("--imagenet-nets", default="18,34", help="ImageNet ResNet depths ('' for none)")
+    p.add_argument("--windows", type=int, help="timed windows per measurement (median taken)")
+    p.add_argument("--steps", type=int, help="steps per timed window")
+    p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time ResNet-20/56 with the fast switches off one after another")
     p.add_argument("--out", type=Path, default=Path("plots/bench.json"))
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
@@ -207,38 +257,50 @@ def main(argv: list[str] | None = None) -> int:
         args.cifar10 = tmp
         print(f"[bench] {data_note}", flush=True)
     cuda = device.type == "cuda"
-    windows, steps = (3, 2) if args.quick else (5, 3)
-    if cuda:
-        windows, steps = 5, 20
-    nets = CIFAR_NETS[:4] if args.quick else CIFAR_NETS
+    windows, steps = (5, 20) if cuda else (3, 2) if args.quick else (5, 3)
+    windows, steps = args.windows or windows, args.steps or steps
+    nets = parse_nets(args.nets) if args.nets is not None else CIFAR_NETS[:4] if args.quick else CIFAR_NETS
+    inet_depths = [int(d) for d in filter(None, args.imagenet_nets.split(","))][:1 if args.quick else None]
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu: {platform.processor() or platform.machine()}, "
                                                                   f"{torch.get_num_threads()} threads",
-        "torch": torch.__version__, "method": __doc__.split("\n\n")[1], "data": data_note, "cifar10": [],
-        "imagenet": [],
+        "torch": torch.__version__, "method": __doc__.split("\n\n")[1], "data": data_note,
+        "fast": vars(our_fast_resolved(device)), "cifar10": [], "ablation": [], "imagenet": [],
     }
+    print(f"[bench] {report['device']}; fast path here: {report['fast']}", flush=True)
     for depth, sc in nets:
         macs = count_macs(build_model("cifar10", depth, sc), 32)
-        ours = measure_ours(args.cifar10, depth, sc, device, 128, windows, steps)
-        ref = measure_reference(args.cifar10, depth, sc, device, 128, windows, steps)
-        row = {"net": f"{'plain' if sc == 'none' else 'ResNet'}-{depth}", "batch": 128, "macs_per_image": macs,
+        ours = isolated(measure_ours, args.cifar10, depth, sc, device, 128, windows, steps)
+        ref = isolated(measure_reference, args.cifar10, depth, sc, device, 128, windows, steps)
+        row = {"net": display_name(depth, sc), "batch": 128, "macs_per_image": macs,
                "ours": ours, "reference": ref, "speedup": ours["images_per_s"] / ref["images_per_s"],
                "ours_tflops": tflops(ours["images_per_s"], macs), "reference_tflops": tflops(ref["images_per_s"], macs)}
         report["cifar10"].append(row)
         print(f"{row['net']:>10}: ours {ours['images_per_s']:8.0f} img/s | reference {ref['images_per_s']:8.0f} img/s | "
               f"x{row['speedup']:.2f} | {row['ours_tflops']:.3f} TFLOP/s", flush=True)
-    if not cuda:
+    for row in report["cifar10"] if args.ablation else []:
+        if row["net"] not in ("ResNet-20", "ResNet-56"):
+            continue
+        depth = int(row["net"].split("-")[1])
+        for label, overrides in ABLATION:
+            r = isolated(measure_ours, args.cifar10, depth, "A", device, 128, windows, steps, None, **overrides)
+            report["ablation"].append({"net": row["net"], "ours": label, "images_per_s": r["images_per_s"],
+                                       "vs_reference": r["images_per_s"] / row["reference"]["images_per_s"]})
+            print(f"{row['net']:>10}: ours, {label}: {r['images_per_s']:8.0f} img/s "
+                  f"(x{report['ablation'][-1]['vs_reference']:.2f} the reference)", flush=True)
+    single = next((r for r in report["cifar10"] if r["net"] == "ResNet-20"), None)
+    if not cuda and single:
         conc = measure_concurrent(args.cifar10, 20, 2, 128, windows, steps)
-        single = next(r for r in report["cifar10"] if r["net"] == "ResNet-20")["ours"]["images_per_s"]
-        conc["vs_one_process"] = conc["aggregate_images_per_s"] / single
+        conc["vs_one_process"] = conc["aggregate_images_per_s"] / single["ours"]["images_per_s"]
         report["concurrent_resnet20"] = conc
         print(f"concurrent: 2 runs x 1 thread = {conc['aggregate_images_per_s']:.0f} img/s aggregate "
               f"(x{conc['vs_one_process']:.2f} one run on all threads)", flush=True)
     inet_batch = 256 if cuda else 32  # the paper's 256 on a GPU; a CPU step at 256 takes most of a minute
-    for depth, _ in IMAGENET_NETS:
+    for depth in inet_depths:
         macs = count_macs(build_model("imagenet", depth, "A"), 224)
-        r = measure_imagenet(args.imagenet, depth, device, inet_batch, 3 if not cuda else 5, 1 if not cuda else 10)
+        r = isolated(measure_imagenet, args.imagenet, depth, device, inet_batch, 3 if not cuda else 5,
+                     1 if not cuda else 10)
         report["imagenet"].append({"net": f"ResNet-{depth}", "batch": inet_batch, "macs_per_image": macs, "ours": r,
                                    "ours_tflops": tflops(r["images_per_s"], macs)})
         print(f"{'ResNet-' + str(depth):>10}: ours {r['images_per_s']:8.1f} img/s (batch {inet_batch}, {r['data']})",

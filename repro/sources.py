@@ -13,20 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from .data import BatchStream, ImageData, load_image_data, normalize
+from .fast import Fast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class Fast:
-    """Speed switches that do not change the experiment (resolved from the `fast` config group)."""
-
-    channels_last: bool = False
-    bf16: bool = False
-    compile: bool = False
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 @dataclass
@@ -46,7 +35,7 @@ def eval_sums(model: torch.nn.Module, batches: Iterator[Batch], fast: Fast, devi
     """[summed loss, errors, count] over `batches` in eval mode (§4.2: the original view)."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=fast.bf16):
+    with torch.no_grad(), fast.autocast(device):
         for x, y in batches:
             out = model(fast.prepare(x)).float()
             sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), (out.argmax(1) != y).sum(),

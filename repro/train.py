@@ -21,6 +21,7 @@ import hydra
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import SignalFlag, State, fault_point, load_checkpoint, save_checkpoint
@@ -29,14 +30,15 @@ from .models import SHORTCUTS, arch_for, build_model, count_params
 from .names import display_name, run_name
 from .results import (MetricsWriter, ResultsError, atomic_write, columns_for, git_revision, prepare_run_dir,
                       truncate_metrics, update_meta)
-from .sources import Fast, Source, load_source
+from .fast import Fast, FastConfigError, resolve_fast, tune_cpu_allocator
+from .sources import Source, load_source
 
 
 class ConfigError(Exception):
     """A config value that cannot work; the message names it and the fix."""
 
 
-USER_ERRORS = (ConfigError, DataError, ResultsError)
+USER_ERRORS = (ConfigError, DataError, ResultsError, FastConfigError)
 PAPER_SCALE = {  # §4.2 (CIFAR-10) and §3.4 (ImageNet): iterations, batch size, first-stage width
     "cifar10": {"total_steps": 64_000, "batch_size": 128, "width": 16},
     "imagenet": {"total_steps": 600_000, "batch_size": 256, "width": 64},
@@ -83,12 +85,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} asked for, but CUDA is not available here; use device=auto or cpu")
     return dev
-
-
-def resolve_fast(cfg: DictConfig, device: torch.device) -> Fast:
-    """'auto' = on where measured to help: channels_last everywhere (make bench), bf16 on CUDA only."""
-    pick = lambda v, auto: auto if v == "auto" else bool(v)  # noqa: E731
-    return Fast(pick(cfg.channels_last, True), pick(cfg.bf16, device.type == "cuda"), bool(cfg.compile))
 
 
 def validate(cfg: DictConfig, world: int = 1) -> None:
@@ -152,7 +148,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     opt.zero_grad(set_to_none=True)
     sums = torch.zeros(3, dtype=torch.float64, device=x.device)
     for xs, ys in zip(x.chunk(splits), y.chunk(splits)):
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=fast.bf16):
+        with fast.autocast(x.device):
             out = model(fast.prepare(xs))
         loss = F.cross_entropy(out.float(), ys)
         (loss / splits).backward()
@@ -171,7 +167,7 @@ def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | 
     writer = MetricsWriter(run_dir / "metrics.csv", columns_for("val" in src.splits)) if run_dir else None
     warm = uses_warmup(o, cfg.model.depth)
     splits = o.get("splits", 1)  # BN statistics over batch/splits images, as on `splits` GPUs (§4.2)
-    step_fn = torch.compile(model) if fast.compile else model
+    step_fn = fast.wrap(model)
     sums = torch.tensor(state.sums, device=device, dtype=torch.float64)  # loss*n, errors, n
     wsums = torch.tensor(state.wsums, device=device, dtype=torch.float64)  # warm-up window: errors, n
     t0 = t_row = time.perf_counter()
@@ -267,6 +263,9 @@ def run(cfg: DictConfig) -> str:
     rank, world, local_rank = distributed()
     validate(cfg, world)
     device = resolve_device(cfg.device, local_rank)
+    fast = resolve_fast(cfg.fast, device)
+    if fast.cpu_allocator:
+        tune_cpu_allocator()
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     try:  # the architecture first: a bad depth or shortcut fails before any data is read
@@ -294,10 +293,9 @@ def run(cfg: DictConfig) -> str:
         if rank == 0:
             print(f"[results] {run_dir} is done; skipping (overwrite=true to redo it)", flush=True)
         return "done"
-    fast = resolve_fast(cfg.fast, device)
     model = model.to(device, memory_format=torch.channels_last if fast.channels_last else torch.preserve_format)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                          weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,  # §3.4, §4.2
+                          weight_decay=cfg.optim.weight_decay, fused=fast.fused_sgd)
     state = State()
     if mode == "resume" and (run_dir / "checkpoint.pt").exists():
         state = load_checkpoint(run_dir / "checkpoint.pt", model, opt)
@@ -374,10 +372,39 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+FAILED_MARK = "FAILED"  # in a multirun job's Hydra output folder: this run failed (read by SweepSummary)
+
+
+def _mark_failed(cfg: DictConfig, message: str) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    (out / FAILED_MARK).write_text(f"{overrides}\n{message}\n")
+
+
+class SweepSummary(Callback):
+    """After a multirun (any launcher): if runs failed, say which and exit 1, so a script or a CI job
+    that launched the sweep notices. The other runs' results are complete either way."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        marks = sorted(Path(config.hydra.sweep.dir).glob(f"*/{FAILED_MARK}"))
+        if not marks:
+            return
+        lines = [m.read_text().splitlines() for m in marks]
+        print(f"error: {len(marks)} run(s) of this sweep failed:", file=sys.stderr)
+        for overrides, *message in lines:
+            print(f"  {overrides}: {' '.join(message)}", file=sys.stderr)
+        print("Fix the cause and rerun the same command: finished runs are skipped, interrupted ones resume.",
+              file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 @hydra.main(config_path="../experiments", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> str:
     """One run. Bad input ends it with one clear line (exit 2); in a multirun, a failing run is recorded
-    and the sweep goes on with the next one."""
+    and the sweep goes on with the next one (SweepSummary then exits 1)."""
     multirun = _is_multirun()
     try:
         return run(cfg)
@@ -385,12 +412,14 @@ def main(cfg: DictConfig) -> str:
         print(f"error: {e}", file=sys.stderr, flush=True)
         if not multirun:
             sys.exit(2)
+        _mark_failed(cfg, str(e))
         return "error"
     except Exception as e:
         if not multirun:
             raise
         print(f"error: run failed ({type(e).__name__}: {e}); continuing with the next run", file=sys.stderr,
               flush=True)
+        _mark_failed(cfg, f"{type(e).__name__}: {e}")
         return "failed"
     finally:
         if dist.is_initialized():

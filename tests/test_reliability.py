@@ -135,7 +135,8 @@ def test_a_failing_run_does_not_stop_the_sweep_and_is_recorded(tmp_path, cifar_r
            "model.shortcut=none,A", "optim.total_steps=20", f"hydra.sweep.dir={tmp_path / 'hy'}"]
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "REPRO_FAULT": "raise:15"}, capture_output=True,
                          text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 1, out.stderr[-2000:]  # the sweep went on, then said that runs failed
+    assert "error: 2 run(s) of this sweep failed" in out.stderr and "  model.shortcut=none " in out.stderr
     for run_name in ("cifar10-plain-20-s0", RUN):  # the first failed, the second still ran (and failed too)
         meta = read_meta(tmp_path / "r" / run_name)
         assert meta["status"] == "failed" and "injected failure at step 15" in meta["error"]
@@ -176,6 +177,8 @@ BAD = {
     "eval_every": (["eval_every=0"], "eval_every=0 must be a positive integer"),
     "batch_size": (["optim.batch_size=-1"], "optim.batch_size=-1 must be a positive integer"),
     "total_steps": (["optim.total_steps=0"], "optim.total_steps=0 must be a positive integer"),
+    "fast switch": (["fast.bf16=sometimes"], "fast.bf16='sometimes'; valid: auto, true, false"),
+    "compile mode": (["fast.compile=fastest"], "fast.compile='fastest'; valid: false, true, default"),
     "truncated": ("truncated", "corrupt CIFAR-10 file"),
     "code": ("code", "refusing to load os.system"),
     "shape": ("shape", "expected uint8 N x 3072"),

@@ -1,0 +1,97 @@
+"""Speed switches that do not change the experiment — the `fast` config group, resolved for a device.
+
+Each switch is measured by `make bench` (repro.bench) and checked against the plain fp32 path by
+tests/test_fidelity.py. 'auto' turns a switch on where it was measured to help:
+
+- channels_last: NHWC activations; oneDNN (CPU) and cuDNN (CUDA) run faster convolutions in it.
+- bf16: autocast convolutions and the classifier to bfloat16 on CUDA, and on CPUs with native bf16
+  instructions (AVX512-BF16 or AMX); BN statistics and parameters, the loss and the weights stay fp32.
+- fused_sgd: one fused update for all parameters instead of a loop over tensors (same arithmetic).
+- cpu_allocator: keep freed activations in the heap instead of handing them back to the OS (below).
+- compile: torch.compile the model; 'reduce-overhead' captures it as CUDA graphs (launch-bound small nets).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+from dataclasses import dataclass
+
+import torch
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class FastConfigError(ValueError):
+    """A `fast.*` value that is not one of the valid choices."""
+
+
+@dataclass
+class Fast:
+    channels_last: bool = False
+    bf16: bool = False
+    compile: str | None = None  # None (eager) or one of COMPILE_MODES
+    fused_sgd: bool = False
+    cpu_allocator: bool = False
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training step calls (compiled or not); its parameters are `model`'s."""
+        return torch.compile(model, mode=self.compile) if self.compile else model
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 arithmetic runs in hardware here (emulated bf16 is slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def _switch(cfg, key: str, auto: bool) -> bool:
+    value = cfg.get(key, "auto")
+    if value == "auto":
+        return auto
+    if isinstance(value, bool):
+        return value
+    raise FastConfigError(f"fast.{key}={value!r}; valid: auto, true, false")
+
+
+def resolve_fast(cfg, device: torch.device) -> Fast:
+    """The switches for `device`; 'auto' = on where `make bench` measured it to help."""
+    mode = cfg.get("compile", False)
+    if mode is True:
+        mode = "default"
+    if mode not in (False, None, *COMPILE_MODES):
+        raise FastConfigError(f"fast.compile={mode!r}; valid: false, true, {', '.join(COMPILE_MODES)}")
+    return Fast(channels_last=_switch(cfg, "channels_last", True),
+                bf16=_switch(cfg, "bf16", native_bf16(device)),
+                compile=mode or None,
+                fused_sgd=_switch(cfg, "fused_sgd", device.type in ("cuda", "cpu")),
+                cpu_allocator=_switch(cfg, "cpu_allocator", device.type == "cpu" and sys.platform == "linux"))
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process heap (glibc malloc). By default glibc serves every block over
+    128 KiB-32 MiB with its own mmap and returns it with munmap on free, so each training step on the CPU
+    page-faults its ~8 MB activations back in, zero-filled: ~20% of a ResNet-20 step on 2 cores (make
+    bench). jemalloc and tcmalloc avoid this too (PyTorch's CPU performance guide suggests them); these
+    two mallopt calls do it without a preload. Process-wide, numerically inert; the cost is that the
+    process keeps its peak heap. Returns whether it applied (False off glibc)."""
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or not name:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h; the mmap threshold first (32 MiB is its maximum):
+    # a fixed trim threshold alone also freezes the mmap threshold at 128 KiB, which is slower still
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
