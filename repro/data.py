@@ -240,7 +240,9 @@ def load_image_data(cfg, device: torch.device) -> ImageData:
             raise DataError(f"data.val_size={cfg.val_size} must be between 1 and {len(train_x) - 1}")
         val_x, val_y = train_x[-cfg.val_size:], train_y[-cfg.val_size:]
         train_x, train_y = train_x[: -cfg.val_size], train_y[: -cfg.val_size]
-    mean = train_x.double().mean(0).div(255).float()
+    # exact integer sums in float64, a chunk at a time (a float64 copy of the set would be 1.2 GB)
+    total = sum(chunk.sum(0, dtype=torch.float64) for chunk in train_x.split(4096))
+    mean = (total / len(train_x)).div(255).float()
     put = lambda t: None if t is None else t.to(device)  # noqa: E731
     return ImageData(name, source, put(train_x), put(train_y), put(test_x), put(test_y), put(mean),
                      put(val_x), put(val_y))
