@@ -37,8 +37,11 @@ VAL_COLUMNS = ("val_loss", "val_err")  # with data.val_size: the held-out tail o
 STATUSES = ("running", "done", "diverged", "failed", "preempted")
 INFO_COLUMNS = ("exp", "run", "family", "depth", "shortcut", "seed", "data", "total_steps", "batch_size", "status",
                 "device", "params", "scale", "data_source", "name")
-# Keys that do not change what a run computes, so they may differ when resuming a run.
-VOLATILE_KEYS = ("overwrite", "device", "results_dir", "log_every")
+# Keys that do not change the experiment, so they may differ when resuming a run: where it runs and the
+# speed switches (fast.*: checked against the fp32 path by tests/test_fidelity.py; a run may start on a CPU
+# and finish on a GPU, or pick up switches added by a newer version of this code).
+VOLATILE_KEYS = ("overwrite", "device", "results_dir", "log_every", "threads")
+VOLATILE_GROUPS = ("fast",)
 
 
 class ResultsError(Exception):
@@ -104,10 +107,11 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ between two configs, ignoring VOLATILE_KEYS."""
+    """Dotted keys whose values differ between two configs, ignoring VOLATILE_KEYS and VOLATILE_GROUPS."""
     a, b = flatten(old), flatten(new)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if k.split(".")[-1] not in VOLATILE_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>")]
+    volatile = lambda k: k.split(".")[-1] in VOLATILE_KEYS or k.split(".")[0] in VOLATILE_GROUPS  # noqa: E731
+    return [k for k in keys if not volatile(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
 def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool = False) -> str:

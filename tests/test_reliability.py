@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from repro.results import read_meta
+from repro.results import config_diff, read_meta
 from repro.train import ConfigError, load_checkpoint, run
 from repro.models import build_model
 from conftest import ROOT, compose, python, write_cifar_folder
@@ -216,3 +216,10 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch_and_leaves_no_folder(tmp_pa
     with pytest.raises(ConfigError, match=r"CUDA out of memory at optim.batch_size=32; try a smaller batch \(e.g. optim.batch_size=16\)"):
         run(cfg)
     assert not (tmp_path / "r" / RUN).exists()
+
+
+def test_speed_switches_and_placement_may_change_on_resume_but_the_experiment_may_not():
+    old = {"optim": {"lr": 0.1}, "fast": {"bf16": "auto"}, "threads": 1, "device": "cpu"}
+    moved = {"optim": {"lr": 0.1}, "fast": {"bf16": False, "cpu_allocator": "auto"}, "threads": None, "device": "cuda"}
+    assert config_diff(old, moved) == []  # e.g. started on a CPU, finished on a GPU with a newer fast group
+    assert config_diff(old, {**moved, "optim": {"lr": 0.05}}) == ["optim.lr"]
