@@ -19,20 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 import platform
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from .data import BatchStream, find_cifar_dir, load_image_data, make_synthetic, write_cifar_format
+from .fast import Fast, resolve_fast, tune_cpu_allocator
 from .models import build_model, count_macs
 from .names import display_name
-from .fast import Fast, resolve_fast, tune_cpu_allocator
 from .train import train_step
 
 CIFAR_NETS = [(20, "A"), (20, "none"), (56, "A"), (56, "none"), (110, "A"), (110, "none")]
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         depth = int(row["net"].split("-")[1])
         for label, overrides in ABLATION:
-            r = isolated(measure_ours, args.cifar10, depth, "A", device, 128, windows, steps, None, **overrides)
+            r = isolated(measure_ours, args.cifar10, depth, "A", device, 128, windows, steps, threads=None, **overrides)
             report["ablation"].append({"net": row["net"], "ours": label, "images_per_s": r["images_per_s"],
                                        "vs_reference": r["images_per_s"] / row["reference"]["images_per_s"]})
             print(f"{row['net']:>10}: ours, {label}: {r['images_per_s']:8.0f} img/s "

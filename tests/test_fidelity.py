@@ -103,3 +103,25 @@ def test_cpu_allocator_stops_the_per_step_page_faults():
                                        text=True, check=True).stdout.split()[-1]) for mode in ("default", "tuned")}
     assert faults["default"] > 5000, faults
     assert faults["tuned"] * 10 < faults["default"], faults
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_the_same_run(tmp_path, cifar_root):
+    """fast.compile=true (torch.compile, Inductor's C++ backend on the CPU) through the real loop: same
+    rows, trajectories within the same tolerance as the other fast switches."""
+    common = ["data.train_size=1000", "data.test_size=200", "optim.total_steps=60", "optim.batch_size=32",
+              "eval_every=20", "model.depth=8", "model.width=8", "save_model=false", "analyze_responses=false",
+              "fast.bf16=false"]
+    from torch._dynamo.utils import counters
+
+    curves = {}
+    for name, flags in (("compiled", ["fast.compile=true"]), ("eager", [])):
+        counters.clear()
+        run(compose(tiny_run_overrides(tmp_path / name, cifar_root, *common, *flags)))
+        curves[name] = pd.read_csv(tmp_path / name / "t" / "cifar10-resnet-8-s0" / "metrics.csv")
+        assert (counters["stats"]["unique_graphs"] > 0) == (name == "compiled")  # it really was compiled
+    compiled, eager = curves["compiled"], curves["eager"]
+    assert list(compiled.step) == list(eager.step) == [20, 40, 60]
+    for col in ("train_loss", "train_err", "test_err"):
+        gap = (compiled[col] - eager[col]).abs()
+        assert gap.mean() <= MEAN_TOL and gap.max() <= MAX_TOL, f"{col}: gaps {gap.round(4).tolist()}"
