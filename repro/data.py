@@ -181,16 +181,18 @@ def make_synthetic(n_train: int = 50_000, n_test: int = 10_000, seed: int = 0, n
 def write_cifar_format(folder: Path, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                        test_y: np.ndarray) -> Path:
     """Write arrays as a cifar-10-batches-py folder (5 training batches + test_batch), so tools that only
-    read that format (torchvision's CIFAR10, the benchmark's reference pipeline) can use them."""
+    read that format (torchvision's CIFAR10, the benchmark's reference pipeline) can use them. Keys are
+    str, as the official (Python 2) files give them to `pickle.load(f, encoding="latin1")`, torchvision's
+    way of reading them; our reader accepts str and bytes keys alike."""
     out = Path(folder) / CIFAR_DIR
     out.mkdir(parents=True, exist_ok=True)
     parts = np.array_split(np.arange(len(train_x)), len(TRAIN_FILES))
     for name, idx, x, y in [*((f, p, train_x, train_y) for f, p in zip(TRAIN_FILES, parts)),
                             (TEST_FILE, np.arange(len(test_x)), test_x, test_y)]:
-        batch = {b"batch_label": name.encode(), b"labels": y[idx].tolist(),
-                 b"data": x[idx].reshape(len(idx), -1), b"filenames": [b"%d.png" % i for i in idx]}
+        batch = {"batch_label": name, "labels": y[idx].tolist(), "data": x[idx].reshape(len(idx), -1),
+                 "filenames": [f"{i}.png" for i in idx]}
         (out / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {b"label_names": [b"class%d" % i for i in range(10)], b"num_cases_per_batch": len(parts[0])}
+    meta = {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": len(parts[0])}
     (out / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return out
 

@@ -1,0 +1,40 @@
+"""`make bench` stays runnable and its arithmetic is right (its numbers are measurements, not tested)."""
+import json
+import subprocess
+
+import pytest
+
+from repro.bench import FIG6_IMAGES, parse_nets, project_fig6
+from conftest import ROOT, python, write_cifar_folder
+
+
+def test_parse_nets():
+    assert parse_nets("20A,56none,110C") == [(20, "A"), (56, "none"), (110, "C")]
+    with pytest.raises(SystemExit, match="'56D'"):
+        parse_nets("56D")
+
+
+def test_fig6_projection_interpolates_seconds_per_image_by_depth():
+    c = 1e-4  # seconds per image per layer: depths 32, 44 (between) and 110 (beyond 56) follow the line
+    rows = [{"net": f"{fam}-{d}", "ours": {"images_per_s": 1 / (c * d)}} for fam in ("plain", "ResNet") for d in (20, 56)]
+    p = project_fig6(rows)
+    hours = lambda d: FIG6_IMAGES * c * d / 3600  # noqa: E731
+    assert p["per_net_hours"]["plain-32"] == pytest.approx(hours(32))
+    assert p["per_net_hours"]["ResNet-110"] == pytest.approx(hours(110))
+    assert p["sequential_hours"] == pytest.approx(sum(hours(d) for d in (20, 32, 44, 56, 20, 32, 44, 56, 110)))
+    assert project_fig6(rows[:2]) is None  # one family only: nothing to project
+
+
+def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
+    data = write_cifar_folder(tmp_path / "c", n_train=512, n_test=16)
+    out = tmp_path / "bench.json"
+    p = subprocess.run([python(), "-m", "repro.bench", "--cifar10", str(data), "--nets", "8A,8none", "--imagenet-nets",
+                        "", "--windows", "1", "--steps", "1", "--no-ablation", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["net"] for r in report["cifar10"]] == ["ResNet-8", "plain-8"]
+    for row in report["cifar10"]:
+        assert row["ours"]["images_per_s"] > 0 and row["reference"]["images_per_s"] > 0
+        assert row["speedup"] == pytest.approx(row["ours"]["images_per_s"] / row["reference"]["images_per_s"])
+    assert report["fast"]["channels_last"] and "fig6_sweep_projection" in report
