@@ -26,11 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import SignalFlag, State, fault_point, load_checkpoint, save_checkpoint
 from .data import DataError
+from .fast import Fast, FastConfigError, resolve_fast, tune_cpu_allocator
 from .models import SHORTCUTS, arch_for, build_model, count_params
 from .names import display_name, run_name
 from .results import (MetricsWriter, ResultsError, atomic_write, columns_for, git_revision, prepare_run_dir,
                       truncate_metrics, update_meta)
-from .fast import Fast, FastConfigError, resolve_fast, tune_cpu_allocator
 from .sources import Source, load_source
 
 
@@ -375,7 +375,7 @@ def _is_multirun() -> bool:
 FAILED_MARK = "FAILED"  # in a multirun job's Hydra output folder: this run failed (read by SweepSummary)
 
 
-def _mark_failed(cfg: DictConfig, message: str) -> None:
+def _mark_failed(message: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -412,14 +412,14 @@ def main(cfg: DictConfig) -> str:
         print(f"error: {e}", file=sys.stderr, flush=True)
         if not multirun:
             sys.exit(2)
-        _mark_failed(cfg, str(e))
+        _mark_failed(str(e))
         return "error"
     except Exception as e:
         if not multirun:
             raise
         print(f"error: run failed ({type(e).__name__}: {e}); continuing with the next run", file=sys.stderr,
               flush=True)
-        _mark_failed(cfg, f"{type(e).__name__}: {e}")
+        _mark_failed(f"{type(e).__name__}: {e}")
         return "failed"
     finally:
         if dist.is_initialized():
