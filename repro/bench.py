@@ -36,7 +36,7 @@ from .names import display_name
 from .train import train_step
 
 CIFAR_NETS = [(20, "A"), (20, "none"), (56, "A"), (56, "none"), (110, "A"), (110, "none")]
-IMAGENET_NETS = [(18, "A"), (34, "A")]
+CONCURRENT_NETS = [(20, None), (44, 8)]  # (depth, width): ResNet-20; the demo's ResNet-44 at width 8
 
 
 def timed(step, windows: int, steps_per_window: int, warmup: int, sync) -> list[float]:
@@ -75,22 +75,27 @@ def isolated(fn, *args, **kwargs):
         return pool.submit(fn, *args, **kwargs).result()
 
 
-def our_fast_resolved(device: torch.device, **overrides) -> Fast:
+def our_fast(device: torch.device, apply: bool = True, **overrides) -> Fast:
+    """The `fast=auto` switches for `device`, with `overrides` (e.g. bf16=False); `apply` sets the
+    process-wide ones (the CPU allocator) in this process, as `repro.train.run` does."""
     from omegaconf import OmegaConf
 
-    return resolve_fast(OmegaConf.create({"compile": False, **overrides}), device)
-
-
-def our_fast(device: torch.device, **overrides) -> Fast:
-    """The `fast=auto` switches for `device`, with `overrides` (e.g. bf16=False), applied to this process."""
-    fast = our_fast_resolved(device, **overrides)
-    if fast.cpu_allocator:
+    fast = resolve_fast(OmegaConf.create({"compile": False, **overrides}), device)
+    if apply and fast.cpu_allocator:
         tune_cpu_allocator()
     return fast
 
 
+def our_net(fast: Fast, device: torch.device, family: str, depth: int, shortcut: str, **kwargs):
+    """A seeded net placed as the training loop places it, its SGD (§3.4, §4.2) and a sums accumulator."""
+    torch.manual_seed(0)
+    model = fast.place(build_model(family, depth, shortcut, **kwargs), device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fast.fused_sgd)
+    return model, opt, torch.zeros(3, dtype=torch.float64, device=device)
+
+
 def measure_ours(cifar: Path, depth: int, shortcut: str, device: torch.device, batch: int, windows: int,
-                 steps: int, threads: int | None = None, **overrides) -> dict:
+                 steps: int, threads: int | None = None, width: int | None = None, **overrides) -> dict:
     from omegaconf import OmegaConf
 
     if threads:
@@ -99,17 +104,13 @@ def measure_ours(cifar: Path, depth: int, shortcut: str, device: torch.device, b
     cfg = OmegaConf.create({"name": "cifar10", "root": str(cifar), "download": False, "url": "", "fallback": "none",
                             "synthetic_seed": 0, "val_size": 0, "train_size": 0, "test_size": 0})
     data = load_image_data(cfg, device)
-    torch.manual_seed(0)
-    model = build_model("cifar10", depth, shortcut).to(device)
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fast.fused_sgd)
+    model, opt, sums = our_net(fast, device, "cifar10", depth, shortcut, width=width)
     stream = BatchStream(data, batch, seed=0)
     it = iter(range(10**9))
 
     def step():
         x, y = stream.batch(next(it))
-        train_step(model, opt, x, y, fast)
+        train_step(model, opt, x, y, fast, sums)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -177,11 +178,7 @@ def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch:
     from omegaconf import OmegaConf
 
     fast = our_fast(device)
-    torch.manual_seed(0)
-    model = build_model("imagenet", depth, "A", num_classes=1000).to(device)
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fast.fused_sgd)
+    model, opt, sums = our_net(fast, device, "imagenet", depth, "A", num_classes=1000)
     if root is not None:
         from .imagenet import load_imagefolder, train_loader
 
@@ -196,7 +193,7 @@ def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch:
 
     def step():
         x, y = next(it)
-        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True), fast)
+        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True), fast, sums)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -205,14 +202,19 @@ def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch:
             "data": source, "fast": vars(fast)}
 
 
-def measure_concurrent(cifar: Path, depth: int, procs: int, batch: int, windows: int, steps: int) -> dict:
+def measure_concurrent(cifar: Path, depth: int, width: int | None, procs: int, batch: int, windows: int,
+                       steps: int) -> dict:
     """CPU: `procs` runs at once, one thread each (how the demo and `make cifar` run small nets) —
-    the aggregate throughput, against one run using every thread."""
+    the aggregate throughput, against one run using every thread, measured just before."""
+    cpu = torch.device("cpu")
+    single = isolated(measure_ours, cifar, depth, "A", cpu, batch, windows, steps, width=width)["images_per_s"]
     with ProcessPoolExecutor(procs, mp_context=mp.get_context("spawn")) as pool:
-        jobs = [pool.submit(measure_ours, cifar, depth, "A", torch.device("cpu"), batch, windows, steps, 1)
+        jobs = [pool.submit(measure_ours, cifar, depth, "A", cpu, batch, windows, steps, threads=1, width=width)
                 for _ in range(procs)]
         rates = [j.result()["images_per_s"] for j in jobs]
-    return {"processes": procs, "threads_each": 1, "aggregate_images_per_s": sum(rates), "per_process": rates}
+    return {"net": display_name(depth, "A") + (f" width {width}" if width else ""), "processes": procs,
+            "threads_each": 1, "aggregate_images_per_s": sum(rates), "per_process": rates,
+            "one_process_all_threads": single, "vs_one_process": sum(rates) / single}
 
 
 def tflops(images_per_s: float, macs: int) -> float:
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="steps per timed window")
     p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
                    help="also time ResNet-20/56 with the fast switches off one after another")
+    p.add_argument("--concurrent", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU: also time 2 runs x 1 thread against 1 run on all threads (ResNet-20, the demo's nets)")
     p.add_argument("--out", type=Path, default=Path("plots/bench.json"))
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu: {platform.processor() or platform.machine()}, "
                                                                   f"{torch.get_num_threads()} threads",
         "torch": torch.__version__, "method": __doc__.split("\n\n")[1], "data": data_note,
-        "fast": vars(our_fast_resolved(device)), "cifar10": [], "ablation": [], "imagenet": [],
+        "fast": vars(our_fast(device, apply=False)), "cifar10": [], "ablation": [], "concurrent": [], "imagenet": [],
     }
     print(f"[bench] {report['device']}; fast path here: {report['fast']}", flush=True)
     for depth, sc in nets:
@@ -320,13 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     if report["fig6_sweep_projection"]:
         print(f"Fig. 6 sweep (9 nets x 64k iterations), one net after another: "
               f"{report['fig6_sweep_projection']['sequential_hours']:.1f} h projected", flush=True)
-    single = next((r for r in report["cifar10"] if r["net"] == "ResNet-20"), None)
-    if not cuda and single:
-        conc = measure_concurrent(args.cifar10, 20, 2, 128, windows, steps)
-        conc["vs_one_process"] = conc["aggregate_images_per_s"] / single["ours"]["images_per_s"]
-        report["concurrent_resnet20"] = conc
-        print(f"concurrent: 2 runs x 1 thread = {conc['aggregate_images_per_s']:.0f} img/s aggregate "
-              f"(x{conc['vs_one_process']:.2f} one run on all threads)", flush=True)
+    for depth, width in CONCURRENT_NETS if not cuda and args.concurrent else []:
+        conc = measure_concurrent(args.cifar10, depth, width, 2, 128, windows, steps)
+        report["concurrent"].append(conc)
+        print(f"{conc['net']}: 2 runs x 1 thread = {conc['aggregate_images_per_s']:.0f} img/s aggregate, one run "
+              f"on all threads {conc['one_process_all_threads']:.0f} (x{conc['vs_one_process']:.2f})", flush=True)
     inet_batch = 256 if cuda else 32  # the paper's 256 on a GPU; a CPU step at 256 takes most of a minute
     for depth in inet_depths:
         macs = count_macs(build_model("imagenet", depth, "A"), 224)

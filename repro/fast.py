@@ -38,6 +38,10 @@ class Fast:
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def place(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """`model` on `device`, its weights in the memory format `prepare` gives the inputs."""
+        return model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 

@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .names import display_name  # noqa: E402
-from .results import ResultsError, read_finals, read_responses, read_results  # noqa: E402
+from .results import (ResultsError, curve_gaps, read_finals, read_metrics, read_responses,  # noqa: E402
+                      read_results)
 
 # Paper values (paper.md; §4.1, §4.2). Test error in %.
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -391,8 +392,9 @@ def render(name: str, results: Path, out: Path, explicit: list[Path] | None = No
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.plots", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=[*ARTEFACTS, "all", "report", "demo"],
-                   help="an artefact; 'all'/'report' = every artefact and the report; 'demo' = the demo's report")
+    p.add_argument("what", choices=[*ARTEFACTS, "all", "report", "demo", "gaps"],
+                   help="an artefact; 'all'/'report' = every artefact and the report; 'demo' = the demo's report; "
+                        "'gaps' = how far the curves of two runs (--results A B) are apart")
     p.add_argument("--results", type=Path, nargs="*", default=None,
                    help="run or experiment folders to draw from (default: each artefact's experiments under --root)")
     p.add_argument("--root", type=Path, default=Path("results"), help="results root (default: results)")
@@ -401,7 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ylim = args.ylim if args.ylim in ("paper", "auto") else tuple(float(v) for v in args.ylim.split(","))
     try:
-        if args.what in ("all", "report", "demo"):
+        if args.what == "gaps":
+            if len(args.results or []) != 2:
+                raise ResultsError("gaps compares two runs: --results RUN_A RUN_B (run folders)")
+            a, b = (read_metrics(Path(r) / "metrics.csv") for r in args.results)
+            for col, (mean, top) in curve_gaps(a, b).items():
+                print(f"{col:>10}: mean |gap| {mean:.4f}, max {top:.4f} over {len(a)} evaluations")
+        elif args.what in ("all", "report", "demo"):
             from .report import write_report
 
             paths = write_report(args.root, args.out, args.results, ylim, demo=args.what == "demo")

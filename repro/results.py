@@ -184,6 +184,16 @@ def truncate_metrics(path: Path, last_step: int) -> int:
     return len(keep)
 
 
+def curve_gaps(a: pd.DataFrame, b: pd.DataFrame, cols: Iterable[str] = ("train_loss", "train_err", "test_err")
+               ) -> dict[str, tuple[float, float]]:
+    """Mean and largest |a - b| of each column over two runs evaluated at the same steps: how far one
+    curve is from another (the fast path from the fp32 path, one seed from another)."""
+    if list(a.step) != list(b.step):
+        raise ResultsError(f"the runs were evaluated at different steps ({len(a)} vs {len(b)} rows); "
+                           f"compare runs of the same schedule and eval_every")
+    return {c: (float((a[c] - b[c]).abs().mean()), float((a[c] - b[c]).abs().max())) for c in cols}
+
+
 def read_metrics(path: Path) -> pd.DataFrame:
     """One run's metrics.csv, checked against the contract; ResultsError names the file otherwise."""
     try:

@@ -142,11 +142,10 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, fast: Fast,
-               splits: int = 1) -> torch.Tensor:
-    """One SGD step on a batch, in `splits` chunks with their own BN statistics; returns
-    [summed loss, errors, count] as a device tensor (no host synchronisation)."""
+               sums: torch.Tensor, splits: int = 1) -> None:
+    """One SGD step on a batch, in `splits` chunks with their own BN statistics; adds the batch's
+    [summed loss, errors, count] into the float64 device tensor `sums` (no host synchronisation)."""
     opt.zero_grad(set_to_none=True)
-    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
     for xs, ys in zip(x.chunk(splits), y.chunk(splits)):
         with fast.autocast(x.device):
             out = model(fast.prepare(xs))
@@ -156,7 +155,6 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
         sums[1] += (out.detach().argmax(1) != ys).sum()
         sums[2] += len(ys)
     opt.step()
-    return sums
 
 
 def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | None, fast: Fast, state: State,
@@ -181,10 +179,10 @@ def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | 
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = next(batches)
-            batch_sums = train_step(step_fn, opt, x, y, fast, splits)
-            sums += batch_sums
+            before = sums[1:].clone() if warming_up else None  # only while warming up (a few hundred steps)
+            train_step(step_fn, opt, x, y, fast, sums, splits)
             if warming_up:
-                wsums += batch_sums[1:]
+                wsums += sums[1:] - before
             state.step += 1
             if warming_up and state.step % o.warmup_check_every == 0:
                 # §4.2: "0.01 to warm up the training until the training error is below 80%"; never re-entered
@@ -293,7 +291,7 @@ def run(cfg: DictConfig) -> str:
         if rank == 0:
             print(f"[results] {run_dir} is done; skipping (overwrite=true to redo it)", flush=True)
         return "done"
-    model = model.to(device, memory_format=torch.channels_last if fast.channels_last else torch.preserve_format)
+    model = fast.place(model, device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,  # §3.4, §4.2
                           weight_decay=cfg.optim.weight_decay, fused=fast.fused_sgd)
     state = State()

@@ -8,7 +8,7 @@ import yaml
 
 from repro import plots
 from repro.report import verdicts, write_report
-from repro.results import COLUMNS, ResultsError, read_results
+from repro.results import COLUMNS, ResultsError, curve_gaps, read_results
 from conftest import compose, tiny_run_overrides
 
 
@@ -161,3 +161,18 @@ def test_figures_render_from_a_real_tiny_run(tmp_path, cifar_root):
     assert plots.render("fig7", tmp_path / "results", out).missing == ["plain-56", "ResNet-56", "ResNet-110"]
     write_report(tmp_path / "results", out, [tmp_path / "results" / "fig6_plain"], demo=True)
     assert "scaled down" in (out / "report.md").read_text()
+
+
+def test_gaps_between_two_runs(tmp_path, capsys):
+    rows = lambda errs: pd.DataFrame([{c: 0.0 for c in COLUMNS} | {"step": 10 * (i + 1), "train_err": e}  # noqa: E731
+                                      for i, e in enumerate(errs)])
+    gaps = curve_gaps(rows([0.5, 0.4, 0.3]), rows([0.5, 0.2, 0.35]))
+    assert gaps["train_err"] == pytest.approx((0.25 / 3, 0.2)) and gaps["test_err"] == (0.0, 0.0)
+    with pytest.raises(ResultsError, match="different steps"):
+        curve_gaps(rows([0.5, 0.4]), rows([0.5, 0.4, 0.3]))
+    for name, errs in (("a", [0.5, 0.4, 0.3]), ("b", [0.5, 0.2, 0.35])):
+        (tmp_path / name).mkdir()
+        rows(errs).to_csv(tmp_path / name / "metrics.csv", index=False)
+    assert plots.main(["gaps", "--results", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "train_err: mean |gap| 0.0833, max 0.2000 over 3 evaluations" in capsys.readouterr().out
+    assert plots.main(["gaps", "--results", str(tmp_path / "a")]) == 2
