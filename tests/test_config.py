@@ -24,7 +24,7 @@ def test_every_experiment_composes_and_resolves(exp):
     plain = OmegaConf.to_container(_compose([f"exp={exp}"]), resolve=True)
     assert plain["model"]["family"] in ("cifar10", "imagenet")
     assert plain["optim"]["total_steps"] > 0 and plain["eval_every"] > 0
-    assert plain["exp_name"].startswith(exp.split("_imagenette")[0].split("-")[0])
+    assert plain["exp_name"].replace("-", "_").startswith(exp.split("_imagenette")[0])  # named after its file
 
 
 def test_defaults_are_the_papers_cifar_protocol():

@@ -75,7 +75,7 @@ def test_auto_turns_on_what_the_device_supports():
 
 
 PAGE_FAULT_PROBE = """
-import resource, sys
+import resource, statistics, sys
 import torch
 from repro.fast import tune_cpu_allocator
 from repro.models import build_model
@@ -87,19 +87,22 @@ model = build_model("cifar10", 8, "A")
 x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
 step = lambda: torch.nn.functional.cross_entropy(model(x), y).backward()
 step(), step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(statistics.median(faults))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_cpu_allocator_stops_the_per_step_page_faults():
     """glibc's default returns a step's freed activations to the OS and faults them back in, zero-filled,
-    the next step (measured: 21,000-28,000 minor page faults per ResNet-8 step at batch 128; tuned: 0-1,400)."""
-    faults = {mode: int(subprocess.run([sys.executable, "-c", PAGE_FAULT_PROBE, mode], capture_output=True,
-                                       text=True, check=True).stdout.split()[-1]) for mode in ("default", "tuned")}
+    the next step (measured, ResNet-8 at batch 128: 12,000-28,000 minor page faults a step; tuned: mostly 0,
+    with an occasional step of 1,000-3,000 -- hence the median over steady-state steps, not the mean)."""
+    faults = {mode: float(subprocess.run([sys.executable, "-c", PAGE_FAULT_PROBE, mode], capture_output=True,
+                                         text=True, check=True).stdout.split()[-1]) for mode in ("default", "tuned")}
     assert faults["default"] > 5000, faults
     assert faults["tuned"] * 10 < faults["default"], faults
 
