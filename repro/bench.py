@@ -243,6 +243,7 @@ def project_fig6(rows: list[dict]) -> dict | None:
             "note": "projected from this run's throughputs; 32/44 interpolated by depth; excludes evaluations"}
 
 
+ABLATION_NETS = [(20, "A"), (56, "A")]  # the two nets issue 6 sets targets for
 ABLATION = [  # our fast path with its parts switched off one after another (CPU and CUDA alike)
     ("bf16 off", {"bf16": False}),
     ("bf16, cpu_allocator off", {"bf16": False, "cpu_allocator": False}),
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "fast": vars(our_fast(device, apply=False)), "cifar10": [], "ablation": [], "concurrent": [], "imagenet": [],
     }
     print(f"[bench] {report['device']}; fast path here: {report['fast']}", flush=True)
+    measured = {}  # (depth, shortcut) -> its row, for the ablation
     for depth, sc in nets:
         macs = count_macs(build_model("cifar10", depth, sc), 32)
         ours = isolated(measure_ours, args.cifar10, depth, sc, device, 128, windows, steps)
@@ -308,14 +310,14 @@ def main(argv: list[str] | None = None) -> int:
                "ours": ours, "reference": ref, "speedup": ours["images_per_s"] / ref["images_per_s"],
                "ours_tflops": tflops(ours["images_per_s"], macs), "reference_tflops": tflops(ref["images_per_s"], macs)}
         report["cifar10"].append(row)
+        measured[depth, sc] = row
         print(f"{row['net']:>10}: ours {ours['images_per_s']:8.0f} img/s | reference {ref['images_per_s']:8.0f} img/s | "
               f"x{row['speedup']:.2f} | {row['ours_tflops']:.3f} TFLOP/s", flush=True)
-    for row in report["cifar10"] if args.ablation else []:
-        if row["net"] not in ("ResNet-20", "ResNet-56"):
+    for depth, sc in ABLATION_NETS if args.ablation else []:
+        if (row := measured.get((depth, sc))) is None:
             continue
-        depth = int(row["net"].split("-")[1])
         for label, overrides in ABLATION:
-            r = isolated(measure_ours, args.cifar10, depth, "A", device, 128, windows, steps, threads=None, **overrides)
+            r = isolated(measure_ours, args.cifar10, depth, sc, device, 128, windows, steps, **overrides)
             report["ablation"].append({"net": row["net"], "ours": label, "images_per_s": r["images_per_s"],
                                        "vs_reference": r["images_per_s"] / row["reference"]["images_per_s"]})
             print(f"{row['net']:>10}: ours, {label}: {r['images_per_s']:8.0f} img/s "
