@@ -36,6 +36,7 @@ from .names import display_name
 from .train import train_step
 
 CIFAR_NETS = [(20, "A"), (20, "none"), (56, "A"), (56, "none"), (110, "A"), (110, "none")]
+SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}  # the paper's SGD (§3.4, §4.2), both pipelines
 CONCURRENT_NETS = [(20, None), (44, 8)]  # (depth, width): ResNet-20; the demo's ResNet-44 at width 8
 
 
@@ -54,8 +55,13 @@ def timed(step, windows: int, steps_per_window: int, warmup: int, sync) -> list[
     return out
 
 
-def _sync(device: torch.device):
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+def throughput(step, device: torch.device, batch: int, windows: int, steps: int, warmup: int = 2) -> dict:
+    """Images/s of `step` (median window), its windows and this process's peak memory."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    secs = timed(step, windows, steps, warmup, sync=(lambda: torch.cuda.synchronize(device)) if cuda else lambda: None)
+    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "peak_mb": _peak_mb(device)}
 
 
 def _peak_mb(device: torch.device) -> float | None:
@@ -87,10 +93,10 @@ def our_fast(device: torch.device, apply: bool = True, **overrides) -> Fast:
 
 
 def our_net(fast: Fast, device: torch.device, family: str, depth: int, shortcut: str, **kwargs):
-    """A seeded net placed as the training loop places it, its SGD (§3.4, §4.2) and a sums accumulator."""
+    """A seeded net placed as the training loop places it, its SGD and a sums accumulator."""
     torch.manual_seed(0)
     model = fast.place(build_model(family, depth, shortcut, **kwargs), device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fast.fused_sgd)
+    opt = torch.optim.SGD(model.parameters(), **SGD, fused=fast.fused_sgd)
     return model, opt, torch.zeros(3, dtype=torch.float64, device=device)
 
 
@@ -112,11 +118,7 @@ def measure_ours(cifar: Path, depth: int, shortcut: str, device: torch.device, b
         x, y = stream.batch(next(it))
         train_step(model, opt, x, y, fast, sums)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    secs = timed(step, windows, steps, warmup=2, sync=_sync(device))
-    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "peak_mb": _peak_mb(device),
-            "fast": vars(fast)}
+    return {**throughput(step, device, batch, windows, steps), "fast": vars(fast)}
 
 
 def torchvision_cifar10(root: Path, transform):
@@ -150,7 +152,7 @@ def measure_reference(cifar: Path, depth: int, shortcut: str, device: torch.devi
                         multiprocessing_context="fork" if workers and "fork" in mp.get_all_start_methods() else None)
     torch.manual_seed(0)
     model = build_model("cifar10", depth, shortcut).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(model.parameters(), **SGD)
     batches = iter(loader)
 
     def step():
@@ -167,9 +169,7 @@ def measure_reference(cifar: Path, depth: int, shortcut: str, device: torch.devi
         opt.step()
         loss.item()  # common reproductions log the loss every step (a host sync)
 
-    secs = timed(step, windows, steps, warmup=2, sync=_sync(device))
-    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "peak_mb": _peak_mb(device),
-            "workers": workers}
+    return {**throughput(step, device, batch, windows, steps), "workers": workers}
 
 
 def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch: int, windows: int, steps: int) -> dict:
@@ -195,11 +195,7 @@ def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch:
         x, y = next(it)
         train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True), fast, sums)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    secs = timed(step, windows, steps, warmup=1, sync=_sync(device))
-    return {"images_per_s": batch / statistics.median(secs), "windows_s_per_step": secs, "peak_mb": _peak_mb(device),
-            "data": source, "fast": vars(fast)}
+    return {**throughput(step, device, batch, windows, steps, warmup=1), "data": source, "fast": vars(fast)}
 
 
 def measure_concurrent(cifar: Path, depth: int, width: int | None, procs: int, batch: int, windows: int,
@@ -225,16 +221,14 @@ FIG6_NETS = [(d, "none") for d in (20, 32, 44, 56)] + [(d, "A") for d in (20, 32
 FIG6_IMAGES = 64_000 * 128  # iterations x mini-batch per net (§4.2)
 
 
-def project_fig6(rows: list[dict]) -> dict | None:
-    """Hours for the Fig. 6 sweep run one net after another at the measured throughputs. Seconds per image
-    grow linearly with depth (every stage adds the same blocks), so depths not measured are interpolated
-    (or extrapolated) on the line through the measured depths of the same family."""
-    by = {}
-    for r in rows:
-        by.setdefault(r["net"].split("-")[0], []).append((int(r["net"].split("-")[1]), 1 / r["ours"]["images_per_s"]))
+def project_fig6(images_per_s: dict[tuple[int, str], float]) -> dict | None:
+    """Hours for the Fig. 6 sweep run one net after another at the measured throughputs ((depth, shortcut)
+    -> images/s). Seconds per image grow linearly with depth (every stage adds the same blocks), so depths
+    not measured are interpolated (or extrapolated) on the line through the measured depths of the same
+    shortcut."""
     hours = {}
     for depth, sc in FIG6_NETS:
-        points = sorted(by.get("plain" if sc == "none" else "ResNet", []))
+        points = sorted((d, 1 / rate) for (d, s), rate in images_per_s.items() if s == sc)
         if len(points) < 2:
             return None
         (d0, t0), (d1, t1) = next(((a, b) for a, b in zip(points, points[1:]) if depth <= b[0]), points[-2:])
@@ -301,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "fast": vars(our_fast(device, apply=False)), "cifar10": [], "ablation": [], "concurrent": [], "imagenet": [],
     }
     print(f"[bench] {report['device']}; fast path here: {report['fast']}", flush=True)
-    measured = {}  # (depth, shortcut) -> its row, for the ablation
+    measured = {}  # (depth, shortcut) -> its row, for the ablation and the projection
     for depth, sc in nets:
         macs = count_macs(build_model("cifar10", depth, sc), 32)
         ours = isolated(measure_ours, args.cifar10, depth, sc, device, 128, windows, steps)
@@ -322,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "vs_reference": r["images_per_s"] / row["reference"]["images_per_s"]})
             print(f"{row['net']:>10}: ours, {label}: {r['images_per_s']:8.0f} img/s "
                   f"(x{report['ablation'][-1]['vs_reference']:.2f} the reference)", flush=True)
-    report["fig6_sweep_projection"] = project_fig6(report["cifar10"])
+    report["fig6_sweep_projection"] = project_fig6({net: row["ours"]["images_per_s"] for net, row in measured.items()})
     if report["fig6_sweep_projection"]:
         print(f"Fig. 6 sweep (9 nets x 64k iterations), one net after another: "
               f"{report['fig6_sweep_projection']['sequential_hours']:.1f} h projected", flush=True)

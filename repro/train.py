@@ -144,16 +144,17 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, fast: Fast,
                sums: torch.Tensor, splits: int = 1) -> None:
     """One SGD step on a batch, in `splits` chunks with their own BN statistics; adds the batch's
-    [summed loss, errors, count] into the float64 device tensor `sums` (no host synchronisation)."""
+    [summed loss, errors, count] into the float64 device tensor `sums` of shape (3,), or into every row of
+    one of shape (windows, 3) (no host synchronisation)."""
     opt.zero_grad(set_to_none=True)
     for xs, ys in zip(x.chunk(splits), y.chunk(splits)):
         with fast.autocast(x.device):
             out = model(fast.prepare(xs))
         loss = F.cross_entropy(out.float(), ys)
         (loss / splits).backward()
-        sums[0] += loss.detach() * len(ys)
-        sums[1] += (out.detach().argmax(1) != ys).sum()
-        sums[2] += len(ys)
+        sums[..., 0] += loss.detach() * len(ys)
+        sums[..., 1] += (out.detach().argmax(1) != ys).sum()
+        sums[..., 2] += len(ys)
     opt.step()
 
 
@@ -166,8 +167,10 @@ def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | 
     warm = uses_warmup(o, cfg.model.depth)
     splits = o.get("splits", 1)  # BN statistics over batch/splits images, as on `splits` GPUs (§4.2)
     step_fn = fast.wrap(model)
-    sums = torch.tensor(state.sums, device=device, dtype=torch.float64)  # loss*n, errors, n
-    wsums = torch.tensor(state.wsums, device=device, dtype=torch.float64)  # warm-up window: errors, n
+    # [loss*n, errors, n] over two windows that train_step fills at once: since the last evaluation (sums)
+    # and since the last warm-up check (wsums: errors, n; the warm-up window's loss is not used)
+    windows = torch.tensor([state.sums, [0.0, *state.wsums]], device=device, dtype=torch.float64)
+    sums, wsums = windows[0], windows[1, 1:]
     t0 = t_row = time.perf_counter()
     step_row, name = state.step, display_name(cfg.model.depth, cfg.model.shortcut)
     batches = src.batches(state.step)
@@ -179,10 +182,7 @@ def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | 
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = next(batches)
-            before = sums[1:].clone() if warming_up else None  # only while warming up (a few hundred steps)
-            train_step(step_fn, opt, x, y, fast, sums, splits)
-            if warming_up:
-                wsums += sums[1:] - before
+            train_step(step_fn, opt, x, y, fast, windows, splits)
             state.step += 1
             if warming_up and state.step % o.warmup_check_every == 0:
                 # §4.2: "0.01 to warm up the training until the training error is below 80%"; never re-entered

@@ -16,13 +16,13 @@ def test_parse_nets():
 
 def test_fig6_projection_interpolates_seconds_per_image_by_depth():
     c = 1e-4  # seconds per image per layer: depths 32, 44 (between) and 110 (beyond 56) follow the line
-    rows = [{"net": f"{fam}-{d}", "ours": {"images_per_s": 1 / (c * d)}} for fam in ("plain", "ResNet") for d in (20, 56)]
-    p = project_fig6(rows)
+    rates = {(d, sc): 1 / (c * d) for sc in ("none", "A") for d in (20, 56)}
+    p = project_fig6(rates)
     hours = lambda d: FIG6_IMAGES * c * d / 3600  # noqa: E731
     assert p["per_net_hours"]["plain-32"] == pytest.approx(hours(32))
     assert p["per_net_hours"]["ResNet-110"] == pytest.approx(hours(110))
     assert p["sequential_hours"] == pytest.approx(sum(hours(d) for d in (20, 32, 44, 56, 20, 32, 44, 56, 110)))
-    assert project_fig6(rows[:2]) is None  # one family only: nothing to project
+    assert project_fig6({k: v for k, v in rates.items() if k[1] == "none"}) is None  # one family: nothing to project
 
 
 def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
