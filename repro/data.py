@@ -8,6 +8,7 @@ function of (seed, step) — so a run resumed at step s sees exactly the batches
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import pickle
 import urllib.error
@@ -22,6 +23,16 @@ CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the official archive (torch
 CIFAR_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+# md5 of each batch file of the official release (torchvision's list): a copy whose files differ (such as
+# ../shared/data/cifar10, 89% decoded from JPEG copies) is another data set, and its runs are kept apart
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 PAD = 4  # §4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly sampled"
 HOW_TO_GET = (
     "get it with `make data` (downloads the official archive into data/cifar10), "
@@ -132,6 +143,18 @@ def load_cifar10(root: str | Path, download: bool = False, url: str = CIFAR_URL,
     parts = [read_batch(folder / f) for f in TRAIN_FILES]
     test_x, test_y = read_batch(folder / TEST_FILE)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), test_x, test_y
+
+
+def cifar_fingerprint(root: str | Path) -> dict[str, str]:
+    """md5 of each batch file under `root`: which copy of CIFAR-10 a run was trained on (meta.json)."""
+    folder = find_cifar_dir(Path(root).expanduser())
+    if folder is None:
+        raise DataError(f"CIFAR-10 not found in {root}; {HOW_TO_GET}")
+    return {f: hashlib.md5((folder / f).read_bytes()).hexdigest() for f in (*TRAIN_FILES, TEST_FILE)}
+
+
+def is_official(fingerprint: dict[str, str]) -> bool:
+    return fingerprint == OFFICIAL_MD5
 
 
 def make_synthetic(n_train: int = 50_000, n_test: int = 10_000, seed: int = 0, n_classes: int = 10,

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import SignalFlag, State, fault_point, load_checkpoint, save_checkpoint
-from .data import DataError
+from .data import DataError, cifar_fingerprint, is_official
 from .fast import Fast, FastConfigError, resolve_fast, tune_cpu_allocator
 from .models import SHORTCUTS, arch_for, build_model, count_params
 from .names import display_name, run_name
@@ -241,7 +241,8 @@ def train(cfg: DictConfig, model: torch.nn.Module, src: Source, run_dir: Path | 
 
 def run_dir_for(cfg: DictConfig, data_name: str) -> Path:
     exp = str(cfg.exp_name).replace("{data}", data_name)
-    return Path(cfg.results_dir) / exp / run_name(data_name, cfg.model.depth, cfg.model.shortcut, cfg.seed)
+    fp32 = cfg.fast.get("bf16") is False
+    return Path(cfg.results_dir) / exp / run_name(data_name, cfg.model.depth, cfg.model.shortcut, cfg.seed, fp32)
 
 
 def now_iso() -> str:
@@ -308,11 +309,15 @@ def run(cfg: DictConfig) -> str:
             (run_dir / "metrics.csv").unlink(missing_ok=True)  # rows without a checkpoint cannot be continued
             atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)).encode())
         rev, dirty = git_revision()
+        copy = {}
+        if src.name == "cifar10":  # which copy of CIFAR-10: runs on other copies are never pooled with these
+            md5 = cifar_fingerprint(cfg.data.root)
+            copy = {"data_md5": md5, "data_official": is_official(md5)}
         dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
         update_meta(run_dir, status="running", data=src.name, data_source=src.source, params=count_params(model),
                     device=dev_name + (f" x {world} processes" if world > 1 else ""), torch=torch.__version__,
                     git_revision=rev, git_dirty=dirty, fast=vars(fast), total_steps=cfg.optim.total_steps,
-                    scale=scale_description(cfg, src.name), start_time=now_iso())
+                    scale=scale_description(cfg, src.name), start_time=now_iso(), **copy)
         print(f"[train] {run_dir}: {cfg.model.family} depth {cfg.model.depth} shortcut {cfg.model.shortcut}, "
               f"{count_params(model):,} params, {cfg.optim.total_steps} steps of {cfg.optim.batch_size} on {device}"
               + (f" x {world}" if world > 1 else ""), flush=True)
