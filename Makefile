@@ -14,7 +14,7 @@ JOBS ?= 2
 THREADS ?= $(shell echo $$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-all demo data cifar figures report bench clean
+.PHONY: help install test test-all demo data cifar reference figures report bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,11 +45,15 @@ cifar: install  ## the full CIFAR-10 sweeps of Fig. 6 and Table 6, JOBS runs at 
 	  $(PY) -m repro.train -m exp=$$e data.root=$(CIFAR10) hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) \
 	    threads=$(THREADS) || exit 1; done
 
+reference: install  ## the reference result set (exp=fig6_short: Fig. 6's nets at 1/8 of the schedule) -> plots/fig6_short
+	$(PY) -m repro.train -m exp=fig6_short data.root=$(CIFAR10) hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS)
+	$(PY) -m repro.plots report --results results/fig6_short --out plots/fig6_short --ylim auto
+
 bench: install  ## throughput of our pipeline vs the standard one on this device -> plots/bench.json
 	$(PY) -m repro.bench --cifar10 $(CIFAR10) $(if $(IMAGENET),--imagenet $(IMAGENET),)
 
-figures: install  ## every figure and table from results/ into plots/
-	for a in fig1 fig6 fig7 table6 fig4 table2 table3; do $(PY) -m repro.plots $$a || exit 1; done
+figures: install  ## every figure and table from results/ into plots/ (and the report)
+	$(PY) -m repro.plots all
 
 report: install  ## every figure and table plus plots/report.md and plots/report.html
 	$(PY) -m repro.plots report

@@ -95,28 +95,25 @@ def our_fast(device: torch.device, apply: bool = True, **overrides) -> Fast:
 def our_net(fast: Fast, device: torch.device, family: str, depth: int, shortcut: str, **kwargs):
     """A seeded net placed as the training loop places it, its SGD and a sums accumulator."""
     torch.manual_seed(0)
-    model = fast.place(build_model(family, depth, shortcut, **kwargs), device)
+    model = build_model(family, depth, shortcut, **kwargs)
+    net = fast.apply(model, device)
     opt = torch.optim.SGD(model.parameters(), **SGD, fused=fast.fused_sgd)
-    return model, opt, torch.zeros(3, dtype=torch.float64, device=device)
+    return net, opt, torch.zeros(3, dtype=torch.float64, device=device)
 
 
 def measure_ours(cifar: Path, depth: int, shortcut: str, device: torch.device, batch: int, windows: int,
                  steps: int, threads: int | None = None, width: int | None = None, **overrides) -> dict:
-    from omegaconf import OmegaConf
-
     if threads:
         torch.set_num_threads(threads)
     fast = our_fast(device, **overrides)
-    cfg = OmegaConf.create({"name": "cifar10", "root": str(cifar), "download": False, "url": "", "fallback": "none",
-                            "synthetic_seed": 0, "val_size": 0, "train_size": 0, "test_size": 0})
-    data = load_image_data(cfg, device)
+    data = load_image_data(device, name="cifar10", root=cifar)
     model, opt, sums = our_net(fast, device, "cifar10", depth, shortcut, width=width)
     stream = BatchStream(data, batch, seed=0)
     it = iter(range(10**9))
 
     def step():
         x, y = stream.batch(next(it))
-        train_step(model, opt, x, y, fast, sums)
+        train_step(model, opt, x, y, sums)
 
     return {**throughput(step, device, batch, windows, steps), "fast": vars(fast)}
 
@@ -175,14 +172,13 @@ def measure_reference(cifar: Path, depth: int, shortcut: str, device: torch.devi
 def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch: int, windows: int, steps: int) -> dict:
     """Our ImageNet path: torchvision ImageFolder + the paper's augmentation in loader workers, or (no
     folder given) synthetic 224x224 tensors, which measures the model alone."""
-    from omegaconf import OmegaConf
 
     fast = our_fast(device)
     model, opt, sums = our_net(fast, device, "imagenet", depth, "A", num_classes=1000)
     if root is not None:
         from .imagenet import load_imagefolder, train_loader
 
-        data = load_imagefolder(OmegaConf.create({"name": "imagenette", "root": str(root)}))
+        data = load_imagefolder(name="imagenette", root=root)
         loader = train_loader(data, batch, 0, 0, 10**6, workers=2)
         it = iter(loader)
         source = f"ImageFolder {root}"
@@ -193,7 +189,7 @@ def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch:
 
     def step():
         x, y = next(it)
-        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True), fast, sums)
+        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True), sums)
 
     return {**throughput(step, device, batch, windows, steps, warmup=1), "data": source, "fast": vars(fast)}
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .results import ResultsError, atomic_write
+from .results import ResultsError
+from .rundir import atomic_write
 
 
 @dataclass
@@ -31,11 +32,13 @@ class State:
 
 def fault_point(name: str, step: int) -> None:
     """Fault injection for the reliability tests: REPRO_FAULT=<name>:<step> kills this process with
-    SIGKILL (or, for name 'raise', raises) when the loop reaches that point. Unset in normal use."""
+    SIGKILL when the loop reaches that point ('kill': the end of any step; 'term' sends SIGTERM there, as a
+    scheduler would; 'raise' raises).
+    Unset in normal use."""
     if os.environ.get("REPRO_FAULT") == f"{name}:{step}":
         if name == "raise":
             raise RuntimeError(f"injected failure at step {step}")
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGTERM if name == "term" else signal.SIGKILL)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: State) -> None:

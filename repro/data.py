@@ -18,21 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the official archive (torchvision's value)
 CIFAR_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
-# md5 of each batch file of the official release (torchvision's list): a copy whose files differ (such as
-# ../shared/data/cifar10, 89% decoded from JPEG copies) is another data set, and its runs are kept apart
-OFFICIAL_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-}
 PAD = 4  # §4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly sampled"
 HOW_TO_GET = (
     "get it with `make data` (downloads the official archive into data/cifar10), "
@@ -153,10 +144,6 @@ def cifar_fingerprint(root: str | Path) -> dict[str, str]:
     return {f: hashlib.md5((folder / f).read_bytes()).hexdigest() for f in (*TRAIN_FILES, TEST_FILE)}
 
 
-def is_official(fingerprint: dict[str, str]) -> bool:
-    return fingerprint == OFFICIAL_MD5
-
-
 def make_synthetic(n_train: int = 50_000, n_test: int = 10_000, seed: int = 0, n_classes: int = 10,
                    prototypes: int = 6, distractor: float = 0.6, noise: float = 0.25):
     """The embedded default: a 32x32, 10-class image task made from a seed, no download needed.
@@ -239,37 +226,33 @@ class ImageData:
         return int(self.train_y.max().item()) + 1
 
 
-def load_image_data(cfg, device: torch.device) -> ImageData:
-    """Build ImageData from the `data` config group: CIFAR-10 at data.root, else a download when
-    data.download is set and we are online, else (when data.fallback == 'synthetic') the embedded task."""
-    root = Path(cfg.root).expanduser()
-    if cfg.name == "synthetic":
-        arrays, name, source = make_synthetic(seed=cfg.synthetic_seed), "synthetic", "synthetic (data.name=synthetic)"
+def load_image_data(device: torch.device, *, name: str, root: str | Path, download: bool = False, url: str = CIFAR_URL,
+                    synthetic_seed: int = 0, val_size: int = 0, train_size: int = 0, test_size: int = 0,
+                    **_other) -> ImageData:
+    """CIFAR-10 at `root` (downloaded there when `download` and missing), or the embedded synthetic task
+    (`name` 'synthetic'), on `device`. Called with the data config group: `load_image_data(dev, **cfg.data)`
+    (its other keys, such as eval_batch_size, are not about loading). Sizes 0 = all images."""
+    root = Path(root).expanduser()
+    if name == "synthetic":
+        arrays, source = make_synthetic(seed=synthetic_seed), f"embedded synthetic task (seed {synthetic_seed})"
     else:
-        try:
-            arrays = load_cifar10(root, download=cfg.download, url=cfg.url)
-            name, source = "cifar10", f"CIFAR-10 from {root}"
-        except DataError as e:
-            if cfg.get("fallback") != "synthetic" or find_cifar_dir(root) is not None:
-                raise  # a corrupt real data set is an error, never silently replaced
-            arrays, name = make_synthetic(seed=cfg.synthetic_seed), "synthetic"
-            source = f"embedded synthetic task (seed {cfg.synthetic_seed}), because CIFAR-10 is unavailable: {e}"
+        arrays, source = load_cifar10(root, download=download, url=url), f"CIFAR-10 from {root}"
     train_x, train_y, test_x, test_y = (torch.from_numpy(a) for a in arrays)
-    if cfg.get("train_size"):  # a prefix of the training set, for tests and quick looks
-        train_x, train_y = train_x[: cfg.train_size], train_y[: cfg.train_size]
-    if cfg.get("test_size"):
-        test_x, test_y = test_x[: cfg.test_size], test_y[: cfg.test_size]
+    if train_size:  # a prefix of the training set, for tests and quick looks
+        train_x, train_y = train_x[:train_size], train_y[:train_size]
+    if test_size:
+        test_x, test_y = test_x[:test_size], test_y[:test_size]
     val_x = val_y = None
-    if cfg.get("val_size"):  # §4.2: the 45k/5k split used to choose the 64k stopping point
-        if not 0 < cfg.val_size < len(train_x):
-            raise DataError(f"data.val_size={cfg.val_size} must be between 1 and {len(train_x) - 1}")
-        val_x, val_y = train_x[-cfg.val_size:], train_y[-cfg.val_size:]
-        train_x, train_y = train_x[: -cfg.val_size], train_y[: -cfg.val_size]
+    if val_size:  # §4.2: the 45k/5k split used to choose the 64k stopping point
+        if not 0 < val_size < len(train_x):
+            raise DataError(f"data.val_size={val_size} must be between 1 and {len(train_x) - 1}")
+        val_x, val_y = train_x[-val_size:], train_y[-val_size:]
+        train_x, train_y = train_x[:-val_size], train_y[:-val_size]
     # exact integer sums in float64, a chunk at a time (a float64 copy of the set would be 1.2 GB)
     total = sum(chunk.sum(0, dtype=torch.float64) for chunk in train_x.split(4096))
     mean = (total / len(train_x)).div(255).float()
     put = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return ImageData(name, source, put(train_x), put(train_y), put(test_x), put(test_y), put(mean),
+    return ImageData("synthetic" if name == "synthetic" else "cifar10", source, put(train_x), put(train_y), put(test_x), put(test_y), put(mean),
                      put(val_x), put(val_y))
 
 

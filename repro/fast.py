@@ -35,19 +35,33 @@ class Fast:
     fused_sgd: bool = False
     cpu_allocator: bool = False
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def apply(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """`model` on `device` (weights in channels_last when asked), wrapped so that its forward does the
+        rest (channels_last inputs, bf16 autocast). The switches are applied here once: the loop, the
+        evaluation and the bench call the returned module like any other. Its parameters are `model`'s;
+        checkpoints and analyses use `model` itself."""
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        model = model.to(device, memory_format=fmt)
+        return Accelerated(model, self.channels_last, self.bf16) if self.channels_last or self.bf16 else model
 
-    def place(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """`model` on `device`, its weights in the memory format `prepare` gives the inputs."""
-        return model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+    def compiled(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The module the training step calls: `net` compiled when fast.compile asks (same parameters)."""
+        return torch.compile(net, mode=self.compile) if self.compile else net
 
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the training step calls (compiled or not); its parameters are `model`'s."""
-        return torch.compile(model, mode=self.compile) if self.compile else model
+class Accelerated(torch.nn.Module):
+    """A model whose inputs go in as channels_last and whose forward runs under bf16 autocast (convolutions
+    and the classifier in bf16; BN statistics and parameters stay fp32). Outputs may be bf16."""
+
+    def __init__(self, net: torch.nn.Module, channels_last: bool, bf16: bool):
+        super().__init__()
+        self.net, self.channels_last, self.bf16 = net, channels_last, bf16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+            return self.net(x)
 
 
 def native_bf16(device: torch.device) -> bool:

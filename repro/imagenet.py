@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -102,19 +102,39 @@ def image_folder(root: Path, split: str, transform) -> datasets.ImageFolder:
 class ImageFolderData:
     name: str
     source: str
-    train: datasets.ImageFolder
-    val: datasets.ImageFolder
+    root: Path
+    train: Dataset  # train/ minus the held-out images, with the training augmentation
+    val: datasets.ImageFolder  # val/: the reported set (Fig. 4's curves, Tables 2 and 3)
     num_classes: int
+    held_out: Dataset | None = None  # val_size images of train/, centre crop: for the plateau rule
 
 
-def load_imagefolder(cfg) -> ImageFolderData:
-    root = Path(cfg.root).expanduser()
-    train = image_folder(root, "train", train_transform(cfg.get("lighting", LIGHTING_STD)))
+def held_out_indices(n: int, val_size: int) -> list[int]:
+    """`val_size` of the `n` training images, spread evenly over the (class-sorted) folder, the same for every
+    run and seed, so the plateau rule of every run decides on the same images."""
+    if not 0 < val_size < n:
+        raise DataError(f"data.val_size={val_size} must be between 1 and {n - 1} (the training images)")
+    return sorted({int(i * n / val_size) for i in range(val_size)})
+
+
+def load_imagefolder(*, name: str, root: str | Path, lighting: float = LIGHTING_STD, val_size: int = 0,
+                     **_other) -> ImageFolderData:
+    """The ImageFolder data at `root` (called with the data config group; its loader keys are not about
+    what is loaded). `val_size` training images are held out and evaluated like the val set."""
+    root = Path(root).expanduser()
+    train = image_folder(root, "train", train_transform(lighting))
     val = image_folder(root, "val", eval_transform(1))
     if train.classes != val.classes:
         raise DataError(f"train and val class folders differ under {root}: "
                         f"{sorted(set(train.classes) ^ set(val.classes))[:5]}")
-    return ImageFolderData(cfg.name, f"{cfg.name} from {root}", train, val, len(train.classes))
+    data = ImageFolderData(name, f"{name} from {root}", root, train, val, len(train.classes))
+    if val_size:
+        held = held_out_indices(len(train), val_size)
+        keep = sorted(set(range(len(train))) - set(held))
+        evaluated = datasets.ImageFolder(str(root / "train"), transform=eval_transform(1))
+        data.train, data.held_out = Subset(train, keep), Subset(evaluated, held)
+        data.source += f" ({val_size} training images held out for the lr schedule)"
+    return data
 
 
 class StepSampler(Sampler[int]):

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .names import display_name  # noqa: F401  (re-exported: models are named here too)
 
 SHORTCUTS = ("none", "A", "B", "C")
 IMAGENET_DEPTHS = {  # Table 1: block kind and blocks per stage (conv2_x .. conv5_x)

@@ -4,124 +4,33 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
 
 from .names import display_name
-from .plots import (ARTEFACTS, SOURCES, Artefact, degradation, final_errors, final_rows, fig7, markdown_table,
+from .plots import (ARTEFACTS, SOURCES, Artefact, check_inputs, choose_protocol, degradation, final_errors, fig7, markdown_table,
                     render, select)
-from .results import read_responses, read_results
-
-
-@dataclass
-class Verdict:
-    claim: str
-    holds: bool | None  # None: not enough runs to decide
-    evidence: str
-
-    @property
-    def word(self) -> str:
-        return {True: "HOLDS", False: "DOES NOT HOLD", None: "NOT DECIDED"}[self.holds]
-
-
-def _by_net(final: pd.DataFrame) -> pd.DataFrame:
-    """Per net: mean and std over seeds of the final training and test error."""
-    g = final.groupby(["depth", "shortcut"])
-    return pd.DataFrame({"train": g.train_err.mean(), "train_std": g.train_err.std(), "test": g.test_err.mean(),
-                         "seeds": g.seed.nunique()})
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def _noise(stats: pd.DataFrame) -> str:
-    stds = stats.train_std.dropna()
-    return f"; seed-to-seed std of final training error up to {_pct(stds.max())}" if len(stds) else \
-        "; one seed per net, so no seed-to-seed spread is measured"
-
-
-def _fraction_above(df: pd.DataFrame, deep: tuple, shallow: tuple) -> float:
-    """Share of the evaluation points (common to both) where `deep` has the higher training error."""
-    curve = lambda net: df[(df.depth == net[0]) & (df.shortcut == net[1])].groupby("step").train_err.mean()  # noqa: E731
-    a, b = curve(deep), curve(shallow)
-    common = a.index.intersection(b.index)
-    return float((a[common] > b[common]).mean()) if len(common) else float("nan")
-
-
-def verdicts(df: pd.DataFrame) -> list[Verdict]:
-    """The paper's three claims, decided on final training error (the last row of each run, mean over
-    seeds), with the numbers they were decided on."""
-    if df.empty:
-        return []
-    final = final_rows(df)
-    stats = _by_net(final)
-    plain = sorted(d for d, s in stats.index if s == "none")
-    res = {}
-    for d, s in stats.index:
-        if s != "none":
-            res.setdefault(d, (d, s))
-    out = []
-    # (1) deeper plain nets have higher training error, at the end and over most of training.
-    pairs = list(combinations(plain, 2))
-    if pairs:
-        parts, ok = [], True
-        for a, b in pairs:
-            ea, eb = stats.loc[(a, "none"), "train"], stats.loc[(b, "none"), "train"]
-            frac = _fraction_above(df, (b, "none"), (a, "none"))
-            ok &= bool(eb > ea and frac > 0.5)
-            parts.append(f"plain-{b} {_pct(eb)} vs plain-{a} {_pct(ea)} (margin {100 * (eb - ea):+.2f} points; "
-                         f"higher at {100 * frac:.0f}% of evaluation points)")
-        out.append(Verdict("Deeper plain nets have higher training error than shallower ones (degradation).", ok,
-                           "; ".join(parts) + _noise(stats)))
-    else:
-        out.append(Verdict("Deeper plain nets have higher training error than shallower ones (degradation).", None,
-                           "needs two plain depths"))
-    # (2) residual nets have lower training error than plain nets of the same depth.
-    same = [d for d in plain if d in res]
-    if same:
-        parts = [f"{display_name(*res[d])} {_pct(stats.loc[res[d], 'train'])} vs plain-{d} "
-                 f"{_pct(stats.loc[(d, 'none'), 'train'])}" for d in same]
-        ok = all(stats.loc[res[d], "train"] < stats.loc[(d, "none"), "train"] for d in same)
-        out.append(Verdict("Residual nets have lower training error than plain nets of the same depth.", ok,
-                           "; ".join(parts)))
-    else:
-        out.append(Verdict("Residual nets have lower training error than plain nets of the same depth.", None,
-                           "needs a plain and a residual net of one depth"))
-    # (3) deeper residual nets are no worse than shallower ones.
-    rpairs = list(combinations(sorted(res), 2))
-    if rpairs:
-        parts, ok = [], True
-        for a, b in rpairs:
-            sa, sb = stats.loc[res[a]], stats.loc[res[b]]
-            ok &= bool(sb.train <= sa.train)
-            parts.append(f"{display_name(*res[b])} train {_pct(sb.train)} / test {_pct(sb.test)} vs "
-                         f"{display_name(*res[a])} train {_pct(sa.train)} / test {_pct(sa.test)}")
-        out.append(Verdict("Deeper residual nets are no worse (training error) than shallower ones.", ok,
-                           "; ".join(parts)))
-    else:
-        out.append(Verdict("Deeper residual nets are no worse (training error) than shallower ones.", None,
-                           "needs two residual depths"))
-    return out
+from .results import distinct_runs, final_rows, last_rows, read_responses, read_results
+from .verdicts import NOISE_FLOOR, Z, Verdict, verdict_table, verdicts
 
 
 def scale_table(df: pd.DataFrame) -> pd.DataFrame:
-    """What the runs were: per experiment, the nets, iterations, data, seeds, device, scale and status."""
+    """What the runs were: per experiment and protocol, the nets, iterations, data, seeds, device, the
+    protocol's deviations from the paper and how the runs ended."""
     rows = []
-    for exp, sub in df.groupby("exp"):
-        last = final_rows(sub)
+    for (exp, _), sub in df.groupby(["exp", "protocol_key"], sort=True):
+        last = last_rows(sub)
         rows.append({
             "experiment": exp,
+            "protocol": sub.protocol.iloc[0],
             "nets": ", ".join(display_name(d, s) for d, s in sorted(set(zip(sub.depth, sub.shortcut)))),
             "iterations": (f"{int(last.step.max())}" if last.step.min() == last.step.max() else
                            f"{int(last.step.min())}–{int(last.step.max())}") + f" of {int(sub.total_steps.max())}",
             "data": ", ".join(sorted(set(sub.data))),
             "seeds": sub.seed.nunique(),
             "device": ", ".join(sorted(set(sub.device))),
-            "scale": "; ".join(sorted(set(sub.scale))),
+            "differences from the paper": sub.scale.iloc[0],
             "status": ", ".join(f"{n} {k}" for k, n in last.status.value_counts().items()),
         })
     return pd.DataFrame(rows)
@@ -187,22 +96,40 @@ def _add_artefact(doc: Doc, art: Artefact) -> None:
     doc.p(art.caption)
 
 
-def _add_verdicts(doc: Doc, df: pd.DataFrame, heading: str) -> list[Verdict]:
-    vs = verdicts(df)
+def _add_verdicts(doc: Doc, df: pd.DataFrame, family: str, heading: str, floor: float,
+                  protocol: str | None = None) -> list[Verdict]:
+    """The four claims for every protocol of `df` (closest to the paper's first), or for `protocol`;
+    all 'not measured' when there are no runs."""
     doc.h(2, heading)
-    if not vs:
-        doc.p("No runs to decide on.")
-    for i, v in enumerate(vs, 1):
-        doc.p(f"**({i}) {v.claim} — {v.word}.** {v.evidence}.")
+    if df.empty:
+        vs = verdicts(df, family, "—", floor)
+    else:
+        keys = df.drop_duplicates("protocol_key").sort_values(["deviations", "protocol"])
+        if protocol is not None:
+            keys = keys[keys.protocol == choose_protocol(df, protocol)[0].protocol.iloc[0]]
+        vs = [v for key, name in zip(keys.protocol_key, keys.protocol)
+              for v in verdicts(df[df.protocol_key == key], family, name, floor)]
+    doc.p(f"Each claim is decided on the final training error of finished runs of one protocol: it holds when "
+          f"the margin (in the paper's direction) exceeds {Z:g} standard errors, does not hold when it is beyond "
+          f"{Z:g} standard errors the other way, and is inconclusive in between. The standard error comes from the "
+          f"seed-to-seed spread where a net has several seeds, else from a noise floor of {floor:g} points per "
+          f"net (`--noise-floor`).")
+    for protocol_name in dict.fromkeys(v.protocol for v in vs):
+        if len({v.protocol for v in vs}) > 1 or protocol_name != "—":
+            doc.p(f"Protocol: **{protocol_name}**")
+        for v in (v for v in vs if v.protocol == protocol_name):
+            others = f" Other pairs: {'; '.join(v.others)}." if v.others else ""
+            doc.p(f"**{v.claim} — {v.verdict.upper()}.** {v.text} {v.evidence}.{others}")
     return vs
 
 
-def write_report(root: Path, out: Path, explicit: list[Path] | None, ylim="paper", demo: bool = False) -> list[Path]:
-    """Render every artefact (or the demo's) and write report.md and report.html into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(root: Path, out: Path, explicit: list[Path] | None, ylim="paper", demo: bool = False,
+                 protocol: str | None = None, floor: float = NOISE_FLOOR) -> list[Path]:
+    """Render every artefact (or the demo's), write report.md, report.html and verdicts.csv into `out`."""
     doc = Doc()
     if demo:
-        df = read_results(explicit or [root])
+        check_inputs(root, [], explicit or [root], protocol)
+        df = distinct_runs(read_results(explicit or [root]))
         title = "The degradation problem — scaled-down demo"
         doc.h(1, title)
         doc.p("A scaled-down version of the paper's CIFAR-10 protocol (§4.2), sized for 2 CPU cores; it is not "
@@ -210,32 +137,50 @@ def write_report(root: Path, out: Path, explicit: list[Path] | None, ylim="paper
         doc.h(2, "Scale of the runs")
         doc.table(scale_table(df))
         doc.p("Data: " + "; ".join(sorted(set(df.data_source))) + ".")
-        _add_artefact(doc, degradation(df, out, None if ylim in ("auto", "paper") else ylim))
-        _add_artefact(doc, final_errors(df, out))
-        nets = sorted(set(zip(df.depth, df.shortcut)), key=lambda n: (n[1] != "none", n[0]))
-        _add_artefact(doc, fig7(read_responses(explicit or [root]), out, nets))
-        vs = _add_verdicts(doc, df, "Verdicts on the paper's claims")
+        chosen, scope = choose_protocol(df, protocol)
+        _add_artefact(doc, degradation(chosen, out, None if ylim in ("auto", "paper") else ylim, scope))
+        _add_artefact(doc, final_errors(chosen, out, scope))
+        nets = sorted(set(zip(chosen.depth, chosen.shortcut)), key=lambda n: (n[1] != "none", n[0]))
+        resp = read_responses(sorted(set(final_rows(chosen).path)))
+        _add_artefact(doc, fig7(resp, out, nets, scope))
+        vs = _add_verdicts(doc, chosen, "cifar10", "Verdicts on the paper's claims", floor)
     else:
+        check_inputs(root, list(ARTEFACTS), explicit, protocol)
         title = "Reproduction report — He et al. 2015, the degradation problem"
         doc.h(1, title)
-        arts = [render(name, root, out, explicit, ylim) for name in ARTEFACTS]
         cifar = select(root, "fig6", explicit)
-        imagenet = select(root, "fig4", explicit)
-        everything = pd.concat([d for d in (cifar, imagenet) if not d.empty], ignore_index=True) \
-            if not (cifar.empty and imagenet.empty) else cifar
+        cifar = cifar[cifar.family == "cifar10"] if not cifar.empty else cifar
+        nets = select(root, "fig4", explicit)
+        imagenet = nets[(nets.family == "imagenet") & (nets.data == "imagenet")] if not nets.empty else nets
+        imagenette = nets[(nets.family == "imagenet") & (nets.data == "imagenette")] if not nets.empty else nets
+        have = {"cifar10": not cifar.empty, "imagenet": not imagenet.empty, "imagenette": not imagenette.empty}
+        kind = lambda n: "imagenette" if n.endswith("_imagenette") else \
+            ("cifar10" if n in ("fig1", "fig6", "fig7", "table6") else "imagenet")  # noqa: E731
+        arts = [render(name, root, out, explicit, ylim, protocol) for name in ARTEFACTS if have[kind(name)]]
+        skipped = [name for name in ARTEFACTS if not have[kind(name)]]
+        everything = pd.concat([d for d in (cifar, nets) if not d.empty], ignore_index=True) \
+            if not (cifar.empty and nets.empty) else cifar
         doc.h(2, "Scale of the runs")
-        doc.table(scale_table(everything) if not everything.empty else pd.DataFrame())
-        doc.p("Full protocol = the paper's iterations, batch, width and data (§4.1, §4.2); anything else is "
-              "marked as scaled down. Experiments read by default: "
-              + "; ".join(f"{k}: {', '.join(v)}" for k, v in SOURCES.items()) + ".")
+        doc.table(scale_table(everything))
+        doc.p("Protocol = every setting that can change a run's numbers (data and which copy of its files, sizes, "
+              "width, every optimiser key, BN splits, bf16 or fp32 arithmetic, evaluation interval); 'paper' when "
+              "none differs from §4.2 / §3.4. Runs of different protocols are never pooled. Experiments read by "
+              "default: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in SOURCES.items()) + ".")
         for art in arts:
             _add_artefact(doc, art)
-        vs = _add_verdicts(doc, cifar[cifar.family == "cifar10"] if not cifar.empty else cifar,
-                           "Verdicts on the paper's claims (CIFAR-10)")
-        vs += _add_verdicts(doc, imagenet, "Verdicts on the paper's claims (ImageNet)")
+        if skipped:
+            doc.p(f"Not drawn, for want of runs on their data: {', '.join(skipped)} (ImageNet artefacts read ImageNet "
+                  f"runs only; the *_imagenette ones Imagenette runs only).")
+        vs = _add_verdicts(doc, cifar, "cifar10", "Verdicts on the paper's claims (CIFAR-10)", floor, protocol)
+        vs += _add_verdicts(doc, imagenet, "imagenet", "Verdicts on the paper's claims (ImageNet)", floor)
+        if not imagenette.empty:
+            vs += _add_verdicts(doc, imagenette, "imagenette",
+                                "The same claims on Imagenette (not ImageNet: separate from the paper's)", floor)
+    out.mkdir(parents=True, exist_ok=True)
     md, page = out / "report.md", out / "report.html"
     md.write_text(doc.markdown(out))
     page.write_text(doc.html(title))
-    for i, v in enumerate(vs, 1):
-        print(f"verdict ({i}) {v.word}: {v.claim} {v.evidence}")
+    verdict_table(vs).to_csv(out / "verdicts.csv", index=False)
+    for v in vs:
+        print(f"verdict [{v.family}, {v.protocol}] {v.claim}: {v.verdict.upper()} — {v.evidence}")
     return sorted(p for p in out.iterdir() if p.suffix in (".png", ".pdf", ".md", ".csv", ".html"))

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from .data import BatchStream, ImageData, load_image_data, normalize
-from .fast import Fast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -26,33 +25,33 @@ class Source:
     test_size: int
     num_classes: int
     batches: Callable[[int], Iterator[Batch]]  # from a start step on
-    splits: dict[str, Callable[[torch.nn.Module, Fast], torch.Tensor]]  # "test"/"val" -> [loss_sum, errs, n]
+    splits: dict[str, Callable[[torch.nn.Module], torch.Tensor]]  # "test"/"val" -> [loss_sum, errs, n]
     tensors: ImageData | None = None  # the CIFAR tensors (Fig. 7's analysis uses the test set)
     folders: object | None = None  # the ImageFolder data (10-crop evaluation)
 
 
-def eval_sums(model: torch.nn.Module, batches: Iterator[Batch], fast: Fast, device: torch.device) -> torch.Tensor:
+def eval_sums(model: torch.nn.Module, batches: Iterator[Batch], device: torch.device) -> torch.Tensor:
     """[summed loss, errors, count] over `batches` in eval mode (§4.2: the original view)."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    with torch.no_grad(), fast.autocast(device):
+    with torch.no_grad():
         for x, y in batches:
-            out = model(fast.prepare(x)).float()
+            out = model(x).float()
             sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), (out.argmax(1) != y).sum(),
                                  torch.tensor(len(y), device=device)])
     model.train()
     return sums
 
 
-def cifar_source(cfg, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1) -> Source:
-    data = load_image_data(cfg, device)
+def cifar_source(data_cfg, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1) -> Source:
+    data = load_image_data(device, **data_cfg)
     stream = BatchStream(data, batch_size, seed, rank, world)
-    eb = cfg.eval_batch_size
+    eb = data_cfg["eval_batch_size"]
 
     def tensor_split(x: torch.Tensor, y: torch.Tensor):
         x, y = x[rank::world], y[rank::world]  # each rank a disjoint share; the loop all-reduces the sums
-        return lambda model, fast: eval_sums(
-            model, ((normalize(x[i:i + eb], data.mean), y[i:i + eb]) for i in range(0, len(x), eb)), fast, device)
+        return lambda model: eval_sums(
+            model, ((normalize(x[i:i + eb], data.mean), y[i:i + eb]) for i in range(0, len(x), eb)), device)
 
     splits = {"test": tensor_split(data.test_x, data.test_y)}
     if data.val_x is not None:
@@ -61,27 +60,32 @@ def cifar_source(cfg, batch_size: int, seed: int, device: torch.device, rank: in
                   lambda start: (stream.batch(s) for s in count(start)), splits, tensors=data)
 
 
-def imagefolder_source(cfg, batch_size: int, seed: int, total_steps: int, device: torch.device, rank: int = 0,
+def imagefolder_source(data_cfg, batch_size: int, seed: int, total_steps: int, device: torch.device, rank: int = 0,
                        world: int = 1) -> Source:
     from .imagenet import eval_loader, load_imagefolder, train_loader
 
-    data = load_imagefolder(cfg)
-    workers = cfg.get("workers", 4)
+    data = load_imagefolder(**data_cfg)
+    workers, eb = data_cfg["workers"], data_cfg["eval_batch_size"]
 
     def batches(start: int) -> Iterator[Batch]:
         for x, y in train_loader(data, batch_size, seed, start, total_steps, workers, rank, world):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def val(model, fast):
-        loader = eval_loader(data.val, cfg.eval_batch_size, workers, rank, world)
-        return eval_sums(model, ((x.to(device), y.to(device)) for x, y in loader), fast, device)
+    def split(dataset):
+        def sums(model):
+            loader = eval_loader(dataset, eb, workers, rank, world)
+            return eval_sums(model, ((x.to(device), y.to(device)) for x, y in loader), device)
+        return sums
 
-    return Source(data.name, data.source, len(data.train), len(data.val), data.num_classes, batches,
-                  {"test": val}, folders=data)
+    splits = {"test": split(data.val)}  # ImageNet's val set: what Tables 2 and 3 report
+    if data.held_out is not None:  # held-out training images: what the plateau rule decides on
+        splits["val"] = split(data.held_out)
+    return Source(data.name, data.source, len(data.train), len(data.val), data.num_classes, batches, splits,
+                  folders=data)
 
 
 def load_source(cfg, device: torch.device, rank: int = 0, world: int = 1) -> Source:
     """The data the config names, for this rank of `world`."""
-    if cfg.data.get("format", "cifar") == "imagefolder":
+    if cfg.data.get("format") == "imagefolder":
         return imagefolder_source(cfg.data, cfg.optim.batch_size, cfg.seed, cfg.optim.total_steps, device, rank, world)
     return cifar_source(cfg.data, cfg.optim.batch_size, cfg.seed, device, rank, world)

@@ -14,11 +14,29 @@ CIFAR = SHARED / "cifar10"
 IMAGENETTE = SHARED / "imagenette"
 
 
+def has_real_cifar() -> bool:
+    return (CIFAR / "cifar-10-batches-py" / "data_batch_1").exists()
+
+
 @pytest.fixture(scope="session")
-def cifar_root() -> Path:
-    if not (CIFAR / "cifar-10-batches-py" / "data_batch_1").exists():
-        pytest.skip(f"real CIFAR-10 copy not found at {CIFAR} (CI has ../shared beside the checkout)")
+def real_cifar_root() -> Path:
+    """The real CIFAR-10 copy, for the few tests whose point is real images (they skip without it)."""
+    if not has_real_cifar():
+        pytest.skip(f"needs real images: CIFAR-10 copy not found at {CIFAR} (CI has ../shared beside the checkout)")
     return CIFAR
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """CIFAR-10 for training tests: the real copy beside the checkout, else (a user's clone) the embedded
+    synthetic task written in the exact cifar-10-batches-py format and read through the real reader."""
+    if has_real_cifar():
+        return CIFAR
+    from repro.data import make_synthetic, write_cifar_format
+
+    root = tmp_path_factory.mktemp("generated-cifar10")
+    write_cifar_format(root, *make_synthetic(n_train=2000, n_test=500))
+    return root
 
 
 def write_cifar_folder(root: Path, n_train: int = 250, n_test: int = 20, seed: int = 0) -> Path:

@@ -63,6 +63,23 @@ def test_slurm_launcher_composes():
     assert launcher.signal_delay_s > 0 and launcher.additional_parameters.requeue is True
 
 
+@pytest.mark.parametrize("net", sorted(p.stem for p in (ROOT / "experiments" / "net").glob("*.yaml")))
+def test_every_net_file_names_its_net(net):
+    cfg = _compose([f"+net={net}"])
+    kind, depth = net.split("-")[:2]
+    assert cfg.model.depth == int(depth) and (cfg.model.shortcut == "none") == (kind == "plain")
+    assert (cfg.fast.bf16 is False) == net.endswith("-fp32")
+
+
+def test_the_reference_sweep_is_fig6s_nine_nets_and_resnet56_in_fp32():
+    cfg = _compose(["exp=fig6_short"], hydra_cfg=True)
+    nets = cfg.hydra.sweeper.params["+net"].split(",")
+    assert sorted(nets) == sorted([f"plain-{d}" for d in (20, 32, 44, 56)] + [f"resnet-{d}" for d in (20, 32, 44, 56, 110)]
+                                  + ["resnet-56-fp32"])
+    assert (cfg.optim.total_steps, cfg.eval_every, cfg.model.width, cfg.data.train_size, cfg.data.test_size) == \
+        (8000, 250, None, 0, 0)
+
+
 def test_command_line_overrides_win_over_the_experiment():
     cfg = _compose(["exp=fig6_plain", "optim.total_steps=200", "eval_every=50"])
     assert cfg.optim.total_steps == 200 and cfg.eval_every == 50 and cfg.model.shortcut == "none"

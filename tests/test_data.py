@@ -2,7 +2,6 @@
 import functools
 import hashlib
 import http.server
-import io
 import os
 import pickle
 import socket
@@ -12,15 +11,14 @@ import threading
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from repro.data import (BatchStream, DataError, ImageData, augment, load_cifar10, load_image_data, make_synthetic,
                         read_batch)
-from conftest import write_cifar_folder
+from conftest import compose, write_cifar_folder
 
 
-def test_safe_reader_reads_the_real_copy(cifar_root):
-    x, y = read_batch(cifar_root / "cifar-10-batches-py" / "test_batch")
+def test_safe_reader_reads_the_real_copy(real_cifar_root):
+    x, y = read_batch(real_cifar_root / "cifar-10-batches-py" / "test_batch")
     assert x.shape == (10_000, 3, 32, 32) and x.dtype == np.uint8
     assert y.shape == (10_000,) and set(np.unique(y)) == set(range(10))
     assert np.bincount(y).tolist() == [1000] * 10  # CIFAR-10's test set is balanced
@@ -107,14 +105,8 @@ def test_offline_download_fails_with_a_clear_message(tmp_path):
         load_cifar10(tmp_path / "dl", download=True, url=f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
 
 
-def _cfg(root, **kw):
-    base = dict(name="cifar10", root=str(root), download=False, url="", fallback="none", synthetic_seed=0,
-                val_size=0, train_size=0, test_size=0, eval_batch_size=100)
-    return OmegaConf.create({**base, **kw})
-
-
 def test_per_pixel_mean_and_validation_split(tiny_cifar):
-    data = load_image_data(_cfg(tiny_cifar, val_size=50), torch.device("cpu"))
+    data = load_image_data(torch.device("cpu"), **compose([f"data.root={tiny_cifar}", "data.val_size=50"]).data)
     assert data.mean.shape == (3, 32, 32)
     assert len(data.train_x) == 200 and len(data.val_x) == 50
     expected = torch.from_numpy(load_cifar10(tiny_cifar)[0][:200]).double().mean(0).div(255).float()
@@ -123,12 +115,20 @@ def test_per_pixel_mean_and_validation_split(tiny_cifar):
     assert torch.equal(data.val_x, torch.from_numpy(load_cifar10(tiny_cifar)[0][200:]))
 
 
-def test_fallback_to_the_embedded_task_only_when_cifar_is_absent(tmp_path, tiny_cifar):
-    data = load_image_data(_cfg(tmp_path / "none", fallback="synthetic"), torch.device("cpu"))
-    assert data.name == "synthetic" and "CIFAR-10 is unavailable" in data.source
+def test_the_demo_falls_back_to_the_embedded_task_only_when_cifar_is_absent(tmp_path, tiny_cifar, monkeypatch):
+    import repro.demo as demo
+
+    def offline(root):
+        raise DataError("offline")
+
+    monkeypatch.setattr(demo, "download_cifar10", offline)
+    overrides, name, why = demo.choose_data(tmp_path / "none")
+    assert (overrides, name) == (["data.name=synthetic"], "synthetic") and "could not be downloaded" in why
+    assert demo.choose_data(tiny_cifar)[:2] == ([f"data.root={tiny_cifar}"], "cifar10")
     (tiny_cifar / "cifar-10-batches-py" / "test_batch").write_bytes(b"broken")
-    with pytest.raises(DataError, match="test_batch"):  # a broken real set is an error, not a fallback
-        load_image_data(_cfg(tiny_cifar, fallback="synthetic"), torch.device("cpu"))
+    assert demo.choose_data(tiny_cifar)[1] == "cifar10"  # a broken real set is used (and fails), never replaced
+    with pytest.raises(DataError, match="test_batch"):
+        load_image_data(torch.device("cpu"), **compose([f"data.root={tiny_cifar}"]).data)
 
 
 def test_synthetic_task_is_deterministic_and_balanced():

@@ -1,0 +1,58 @@
+"""Rank 0's side of the training loop: each evaluation row to metrics.csv, the status line, the checkpoint
+after it, and the checkpoint a preemption signal asks for."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .checkpoint import State, fault_point, save_checkpoint
+from .results import columns_for
+from .rundir import MetricsWriter, update_meta
+
+
+class Recorder:
+    """Rank 0's side of the loop: each row to the CSV, the status line and the checkpoint, and the
+    preemption checkpoint; on other ranks (run_dir None) it only keeps time."""
+
+    def __init__(self, run_dir: Path | None, name: str, total: int, batch: int, with_val: bool, wall_time: float):
+        self.dir, self.name, self.total, self.batch = run_dir, name, total, batch
+        self.writer = MetricsWriter(run_dir / "metrics.csv", columns_for(with_val)) if run_dir else None
+        self.t0 = self.t_row = time.perf_counter()
+        self.wall_time = wall_time
+
+    def row(self, row: dict, step_row: int) -> None:
+        now = time.perf_counter()
+        row["wall_time"] = round(self.wall_time + now - self.t0, 3)
+        if self.writer:
+            self.writer.write(row)  # row first, then the checkpoint: a kill in between only repeats work
+            fault_point("after_row", row["step"])
+            ips = (row["step"] - step_row) * self.batch / max(now - self.t_row, 1e-9)
+            val = f" val_err {row['val_err']:.4f}" if "val_err" in row else ""
+            print(f"[{self.name}] step {row['step']:>6}/{self.total} ({100 * row['step'] / self.total:5.1f}%) lr "
+                  f"{row['lr']:.4g} train_err {row['train_err']:.4f} test_err {row['test_err']:.4f}{val} | "
+                  f"{ips:,.0f} img/s | ETA {(self.total - row['step']) * self.batch / max(ips, 1e-9) / 60:.1f} min",
+                  flush=True)
+        self.t_row = now
+
+    def elapsed(self) -> float:
+        """Training seconds so far (summed over resumes); restarts the interval."""
+        now = time.perf_counter()
+        self.wall_time, self.t0 = self.wall_time + now - self.t0, now
+        return self.wall_time
+
+    def checkpoint(self, t, state: State) -> None:
+        if self.dir:
+            save_checkpoint(self.dir / "checkpoint.pt", t.model, t.opt, state)
+            fault_point("after_checkpoint", state.step)
+
+    def preempted(self, t, state: State, signum: int) -> None:
+        if self.dir:
+            save_checkpoint(self.dir / "checkpoint.pt", t.model, t.opt, state)
+            update_meta(self.dir, status="preempted", preempted_at_step=state.step)
+            print(f"[{self.name}] signal {signum}: checkpoint saved at step {state.step}; rerun the same command "
+                  f"to resume", flush=True)
+        self.close()
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

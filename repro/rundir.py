@@ -1,0 +1,190 @@
+"""Writing a run folder (the reading side, torch-free, is repro.results): deciding whether a folder is
+fresh, to resume or done; atomic files; the metrics CSV writer; metadata; the code's git revision."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from .protocol import arithmetic, flatten, identity
+from .results import ResultsError, read_meta
+
+# Keys that do not change the experiment, so they may differ when resuming a run: where it runs and the
+# speed switches (fast.*: checked against the fp32 path by tests/test_fidelity.py; a run may start on a CPU
+# and finish on a GPU, or pick up switches added by a newer version of this code). The arithmetic is the
+# exception: bf16 autocast (as resolved for the device, meta.json) must stay what the run started with.
+VOLATILE_KEYS = ("overwrite", "device", "results_dir", "threads")
+VOLATILE_GROUPS = ("fast",)
+
+
+
+def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
+    """Write to a temp file, fsync, rename: a reader (or a crash) sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_meta(run_dir: Path, **fields: Any) -> dict:
+    meta = {**read_meta(run_dir), **fields}
+    atomic_write(run_dir / "meta.json", (json.dumps(meta, indent=2, default=str) + "\n").encode())
+    return meta
+
+
+def git_revision() -> tuple[str, bool]:
+    """(commit, dirty) of the code that made a run; ('unknown', False) outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        # the code and configs only: results/ and plots/ change as runs are made
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/repro",
+                                ":/experiments", ":/pyproject.toml", ":/requirements.lock"], cwd=here,
+                               capture_output=True, text=True, check=True)
+        return rev.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two configs, ignoring VOLATILE_KEYS and VOLATILE_GROUPS."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted(set(a) | set(b))
+    volatile = lambda k: k.split(".")[-1] in VOLATILE_KEYS or k.split(".")[0] in VOLATILE_GROUPS  # noqa: E731
+    return [k for k in keys if not volatile(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def run_key(config: dict, meta: dict) -> dict[str, Any]:
+    """What makes a run this run: its protocol (repro.protocol), net and seed — less which copy of the data
+    (checked where the md5s are known: a new run's are not until its data is read) and an arithmetic
+    that an old folder did not record."""
+    key = {**identity(config, meta), **{k: flatten(config).get(k) for k in ("model.depth", "model.shortcut", "seed")}}
+    key.pop("data.copy", None)
+    return key
+
+
+def prepare_run_dir(run_dir: Path, config: dict, arith: str, overwrite: bool = False) -> str:
+    """Decide what to do with `run_dir` before a run: 'fresh', 'resume' or 'skip' (already done), from
+    the config and the arithmetic resolved for this device ('bf16'/'fp32') alone: no data is read.
+
+    A folder made with a different run (another protocol, net or seed) is never reused silently: without
+    `overwrite` it is an error naming the differing keys; with it, the old folder is moved aside (never
+    deleted). Keys that change no numbers (paths, devices, speed switches, what is kept afterwards) may
+    differ: the run is the same."""
+
+    if not run_dir.exists() or not (run_dir / "config.yaml").exists():
+        return "fresh"
+    old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    meta = read_meta(run_dir)
+    a, b = run_key(old, meta), run_key(config, {"fast": {"bf16": arith == "bf16"}})
+    if a["arithmetic"] == "unrecorded":
+        b["arithmetic"] = "unrecorded"
+    diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    if diff and not overwrite:
+        shown = ", ".join(f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in diff[:8])
+        raise ResultsError(
+            f"{run_dir} holds a run made with a different config ({shown}); rerun with overwrite=true "
+            f"to move it aside and start fresh, or change results_dir"
+        )
+    if diff or overwrite:
+        n = 1
+        while run_dir.with_name(f"{run_dir.name}.old-{n}").exists():
+            n += 1
+        aside = run_dir.with_name(f"{run_dir.name}.old-{n}")
+        shutil.move(str(run_dir), str(aside))
+        print(f"[results] moved the previous {run_dir} aside to {aside}", flush=True)
+        return "fresh"
+    return "skip" if meta.get("status") == "done" else "resume"
+
+
+class MetricsWriter:
+    """Appends one row per evaluation to metrics.csv, flushing and fsyncing each row so a live or
+    killed run leaves a readable file."""
+
+    def __init__(self, path: Path, columns: Iterable[str]):
+        self.path, self.columns = path, tuple(columns)
+        new = not path.exists() or path.stat().st_size == 0
+        self._f = open(path, "a", newline="")
+        self._w = csv.DictWriter(self._f, fieldnames=self.columns)
+        if new:
+            self._w.writeheader()
+            self._sync()
+
+    def write(self, row: dict) -> None:
+        self._w.writerow({k: row[k] for k in self.columns})
+        self._sync()
+
+    def _sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Drop rows after `last_step` (written after the checkpoint we resume from); returns rows kept."""
+    if not path.exists():
+        return 0
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return 0
+    header, body = rows[0], rows[1:]
+    keep = [r for r in body if r and len(r) == len(header) and int(r[0]) <= last_step]
+    lines = [header] + keep
+    text = "".join(",".join(r) + "\r\n" for r in lines)  # csv's default line terminator
+    atomic_write(path, text.encode())
+    return len(keep)
+
+
+
+
+def find_finished(results_root: Path, run_dir: Path, config: dict, arith: str,
+                  same_data: Callable[[dict, dict], bool]) -> Path | None:
+    """A finished run under `results_root` (another experiment's) that is this very run: the same config
+    but for the experiment's name and the paths (and the VOLATILE_KEYS), the same arithmetic, and data that
+    `same_data(its_config, its_meta)` confirms is the same copy. None when there is none."""
+    for cfg_path in sorted(Path(results_root).glob("*/*/config.yaml")):
+        other = cfg_path.parent
+        if other.resolve() == run_dir.resolve() or ".old-" in other.name:
+            continue
+        meta = read_meta(other)
+        if meta.get("status") != "done" or meta.get("reused_from"):
+            continue
+        old = yaml.safe_load(cfg_path.read_text()) or {}
+        strip = lambda c: {**c, "exp_name": None, "data": {**c.get("data", {}), "root": None}}  # noqa: E731
+        if config_diff(strip(old), strip(config)) or arithmetic(old, meta) != arith or not same_data(old, meta):
+            continue
+        return other
+    return None
+
+
+REUSED_FILES = ("metrics.csv", "responses.csv", "final.json", "model.pt")
+
+
+def reuse_run(origin: Path, run_dir: Path, config: dict) -> None:
+    """Fill `run_dir` with the finished run `origin` (its results, this experiment's config); meta.json
+    says where it came from (the readers count the computation once)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in REUSED_FILES:
+        if (origin / name).exists():
+            atomic_write(run_dir / name, (origin / name).read_bytes())
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    update_meta(run_dir, **{**read_meta(origin), "reused_from": str(origin)})

@@ -1,0 +1,94 @@
+"""Where a run runs: its device, its rank under torchrun, and the config checks done before anything is
+built, read or written (one clear error each, naming the value and the fix)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from .models import SHORTCUTS, arch_for
+
+
+class ConfigError(Exception):
+    """A config value that cannot work; the message names it and the fix."""
+
+
+def validate(cfg: DictConfig, world: int = 1) -> None:
+    """Catch impossible values before anything is built, read or written."""
+    for key in ("eval_every", "optim.batch_size", "optim.total_steps", "data.eval_batch_size", "optim.splits"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
+    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads <= 0):
+        raise ConfigError(f"threads={cfg.threads!r} must be a positive integer or null")
+    o = cfg.optim
+    if not o.lr > 0:
+        raise ConfigError(f"optim.lr={o.lr} must be positive")
+    if any(not 0 < m < 1 for m in o.milestones):
+        raise ConfigError(f"optim.milestones={list(o.milestones)} must be fractions of total_steps in (0, 1)")
+    if o.schedule not in ("milestones", "plateau"):
+        raise ConfigError(f"optim.schedule={o.schedule!r}; valid: milestones, plateau")
+    if o.schedule == "plateau" and not cfg.data.get("val_size"):
+        raise ConfigError("optim.schedule=plateau decides the lr drops on held-out training images, never on the "
+                          "reported test set: set data.val_size (e.g. 10000), or use optim.schedule=milestones")
+    if o.batch_size % (world * o.splits):
+        raise ConfigError(f"optim.batch_size={o.batch_size} must divide evenly over {world} process(es) "
+                          f"x optim.splits={o.splits}")
+    try:
+        arch_for(cfg.model.family, cfg.model.depth, width=cfg.model.width)
+        if cfg.model.shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut {cfg.model.shortcut!r}; valid: {', '.join(SHORTCUTS)} (none = plain)")
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} asked for, but CUDA is not available here; use device=auto or cpu")
+    return dev
+
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; starts the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast(value, world: int):
+    if world > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
+
+
+def check_choices(argv: list[str], experiments: Path) -> str | None:
+    """A one-line error for an unknown `exp=` or `+net=` choice on the command line (Hydra's own message
+    is a multi-line listing), else None. Comma-separated sweeps are checked choice by choice."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        group = {"exp": "exp", "+net": "net", "net": "net"}.get(key)
+        if group is None or not value:
+            continue
+        known = sorted(p.stem for p in (experiments / group).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in known:
+                return f"unknown {group} {choice!r} ({arg}); known: {', '.join(known)}"
+    return None
