@@ -7,7 +7,7 @@
     python -m repro.plots gaps --results RUN_A RUN_B
 
 Each figure is saved as PNG and PDF, each table as Markdown and CSV. A figure draws one protocol (default:
-the one closest to the paper's) and its caption names what it left out; runs that are missing or unfinished
+the one with the most nets, of those the closest to the paper's) and its caption names what it left out; runs that are missing or unfinished
 are listed in the caption, never silently skipped or counted.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ylim", default="paper", help="'paper' (the paper's axes), 'auto', or LOW,HIGH in %%")
     p.add_argument("--protocol", default=None,
                    help="draw (and tabulate) only runs of this protocol label (default: figures draw the one "
-                        "closest to the paper's; tables show every protocol, a row each)")
+                        "with the most nets, of those the closest to the paper's; tables show every protocol)")
     p.add_argument("--noise-floor", type=float, default=NOISE_FLOOR,
                    help=f"verdicts: seed-to-seed std (points) assumed for a net with one seed (default {NOISE_FLOOR})")
     args = p.parse_args(argv)

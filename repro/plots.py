@@ -434,18 +434,22 @@ def check_inputs(results: Path, names: list[str], explicit: list[Path] | None, p
 
 def choose_protocol(df: pd.DataFrame, wanted: str | None = None) -> tuple[pd.DataFrame, str]:
     """The rows of one protocol and a caption sentence naming it and what was left out. `wanted` is a
-    protocol label; by default the one closest to the paper's (fewest deviations, then most runs)."""
+    protocol label; by default the protocol that has the most nets (a figure of one net from a side
+    experiment, say ResNet-56 in fp32, is not the default), and of those the closest to the paper's
+    (fewest deviations), then the one with most runs."""
     if df.empty:
         return df, ""
     runs = last_rows(df)
-    counts = runs.groupby(["protocol_key", "protocol", "deviations"]).size().reset_index(name="n")
+    runs = runs.assign(net=list(zip(runs.depth, runs.shortcut)))
+    counts = runs.groupby(["protocol_key", "protocol", "deviations"]).agg(n=("path", "size"), nets=("net", "nunique")) \
+        .reset_index()
     if wanted:
         hit = counts[counts.protocol == wanted]
         if hit.empty:
             return df.iloc[0:0], f"No runs of protocol {wanted}."
         key = hit.protocol_key.iloc[0]
     else:
-        key = counts.sort_values(["deviations", "n"], ascending=[True, False]).protocol_key.iloc[0]
+        key = counts.sort_values(["nets", "deviations", "n"], ascending=[False, True, False]).protocol_key.iloc[0]
     chosen = df[df.protocol_key == key]
     others = counts[counts.protocol_key != key]
     text = f"Protocol: {chosen.protocol.iloc[0]}."
@@ -460,8 +464,9 @@ def choose_protocol(df: pd.DataFrame, wanted: str | None = None) -> tuple[pd.Dat
 
 def render(name: str, results: Path, out: Path, explicit: list[Path] | None = None, ylim="paper",
            protocol: str | None = None) -> Artefact:
-    """Render one artefact by name, from one protocol of its runs (`protocol`, default the closest to the
-    paper's). ImageNet artefacts read only runs on ImageNet; the *_imagenette ones only Imagenette runs."""
+    """Render one artefact by name: a figure from one protocol of its runs (`protocol`, else
+    choose_protocol's default), a table from every protocol (or `protocol`). ImageNet artefacts read only
+    runs on ImageNet; the *_imagenette ones only Imagenette runs."""
     df = select(results, name, explicit)
     data = "imagenette" if name.endswith("_imagenette") else "imagenet"
     family = df[df.family == "cifar10"] if name in ("fig1", "fig6", "fig7", "table6") else \

@@ -98,7 +98,7 @@ def _add_artefact(doc: Doc, art: Artefact) -> None:
 
 def _add_verdicts(doc: Doc, df: pd.DataFrame, family: str, heading: str, floor: float,
                   protocol: str | None = None) -> list[Verdict]:
-    """The four claims for every protocol of `df` (closest to the paper's first), or for `protocol`;
+    """The four claims for every protocol of `df` (fewest deviations from the paper first), or for `protocol`;
     all 'not measured' when there are no runs."""
     doc.h(2, heading)
     if df.empty:

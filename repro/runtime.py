@@ -46,23 +46,34 @@ def validate(cfg: DictConfig, world: int = 1) -> None:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The torch device of this process: 'auto' = CUDA when present, else the CPU; 'cuda' without an index
+    = this rank's GPU (LOCAL_RANK under torchrun), made the current one; a bad name or index is a ConfigError."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} asked for, but CUDA is not available here; use device=auto or cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} asked for, but CUDA is not available here; use device=auto or cpu")
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise ConfigError(f"device={name} (rank {local_rank}): this machine has {count} GPU(s), cuda:0 to "
+                              f"cuda:{count - 1}; use device=auto (one GPU per torchrun process)")
+        torch.cuda.set_device(dev)  # before the process group: NCCL binds each rank to its own GPU
     return dev
 
 
-def distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; starts the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; starts the process group with the backend
+    of the resolved device (NCCL for CUDA, gloo for the CPU)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
 
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:

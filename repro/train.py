@@ -11,6 +11,7 @@ sums are all-reduced, rank 0 alone writes results.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from .protocol import data_copy, description, identity
 from .recorder import Recorder
 from .results import ResultsError
 from .rundir import atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run, truncate_metrics, update_meta
-from .runtime import ConfigError, all_reduce, broadcast, check_choices, distributed, resolve_device, validate
+from .runtime import ConfigError, all_reduce, broadcast, check_choices, distributed, validate
 from .schedule import lr_at, plateau_step, uses_warmup
 from .sources import Source, load_source
 from .sweep import is_multirun, mark_failed
@@ -152,9 +153,8 @@ def now_iso() -> str:
 
 def run(cfg: DictConfig) -> str:
     """One run, in one direction (module docstring); returns its status."""
-    rank, world, local_rank = distributed()
-    validate(cfg, world)
-    device = resolve_device(cfg.device, local_rank)
+    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    rank, world, device = distributed(cfg.device)
     fast = resolve_fast(cfg.fast, device)
     run_dir, config = run_dir_for(cfg), OmegaConf.to_container(cfg, resolve=True)
     arith = "bf16" if fast.bf16 else "fp32"
@@ -186,7 +186,9 @@ def run(cfg: DictConfig) -> str:
         state = load_checkpoint(run_dir / "checkpoint.pt", model, opt)
     if rank == 0:
         start_run_dir(cfg, run_dir, config, state, src, model, fast, world)
-    t = Trainee(model, net, fast.compiled(torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net), opt)
+    ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else net
+    t = Trainee(model, net, fast.compiled(ddp), opt)
     out_dir = run_dir if rank == 0 else None
     rec = Recorder(out_dir, display_name(cfg.model.depth, cfg.model.shortcut), cfg.optim.total_steps,
                    cfg.optim.batch_size, "val" in src.splits, state.wall_time)

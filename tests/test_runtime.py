@@ -1,0 +1,54 @@
+"""Device and backend resolution for every (device, LOCAL_RANK, CUDA present or not), CUDA faked."""
+import pytest
+import torch
+
+from repro import runtime
+from repro.runtime import ConfigError, resolve_device
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A machine with 4 GPUs, as far as resolve_device can tell; records set_device calls."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    return current
+
+
+@pytest.mark.parametrize("name,rank,expect", [("auto", 0, "cuda:0"), ("auto", 3, "cuda:3"), ("cuda", 2, "cuda:2"),
+                                              ("cuda:1", 3, "cuda:1"), ("cpu", 2, "cpu")])
+def test_with_gpus_each_rank_gets_its_own(fake_cuda, name, rank, expect):
+    assert resolve_device(name, rank) == torch.device(expect)
+    assert fake_cuda == ([torch.device(expect)] if expect != "cpu" else [])  # made current before NCCL starts
+
+
+def test_a_gpu_index_the_machine_lacks_is_one_clear_error(fake_cuda):
+    with pytest.raises(ConfigError, match=r"device=cuda:7 \(rank 0\): this machine has 4 GPU\(s\), cuda:0 to cuda:3"):
+        resolve_device("cuda:7")
+    with pytest.raises(ConfigError, match=r"device=cuda \(rank 5\): this machine has 4 GPU"):
+        resolve_device("cuda", 5)  # more processes than GPUs
+
+
+@pytest.mark.parametrize("name,rank", [("auto", 0), ("auto", 1), ("cpu", 0)])
+def test_without_gpus_everything_runs_on_the_cpu(monkeypatch, name, rank):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(name, rank) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available here"):
+        resolve_device("cuda", rank)
+    with pytest.raises(ConfigError, match="'tpu9' is not a device"):
+        resolve_device("tpu9")
+
+
+@pytest.mark.parametrize("cuda,device,backend", [(True, "auto", "nccl"), (True, "cpu", "gloo"), (False, "auto", "gloo")])
+def test_the_backend_follows_the_resolved_device(monkeypatch, fake_cuda, cuda, device, backend):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    started = []
+    monkeypatch.setattr(runtime.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(runtime.dist, "init_process_group", lambda b: started.append(b))
+    rank, world, dev = runtime.distributed(device)
+    assert (rank, world, started) == (1, 2, [backend])
+    assert dev == (torch.device("cuda:1") if cuda and device == "auto" else torch.device("cpu"))
