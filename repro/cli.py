@@ -7,8 +7,8 @@
     python -m repro.plots gaps --results RUN_A RUN_B
 
 Each figure is saved as PNG and PDF, each table as Markdown and CSV. A figure draws one protocol (default:
-the one with the most nets, of those the closest to the paper's) and its caption names what it left out; runs that are missing or unfinished
-are listed in the caption, never silently skipped or counted.
+the one with the most nets, of those the closest to the paper's) and its caption names what it left out;
+runs that are missing or unfinished are listed in the caption, never silently skipped or counted.
 """
 from __future__ import annotations
 

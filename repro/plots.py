@@ -287,10 +287,12 @@ def table6(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
                                         "paper_std", "paper_best", "difference", "params"])
     shown = pd.DataFrame({
         "net": table.net, "protocol": table.protocol, "runs": table.runs,
-        "ours: mean ± std (%)": [_num(m) + (f" ± {s:.2f}" if not pd.isna(s) else "") for m, s in zip(table["mean"], table["std"])],
+        "ours: mean ± std (%)": [_num(m) + ("" if pd.isna(s) else f" ± {s:.2f}")
+                                 for m, s in zip(table["mean"], table["std"])],
         "ours: best (%)": [_num(b) if r > 1 else "" for b, r in zip(table.best, table.runs)],
-        "paper (%)": [("" if pd.isna(p) else _num(p) + (f" ± {s:.2f}" if not pd.isna(s) else "")) or
-                      ("not tabulated" if sc == "none" else "") for p, s, sc in zip(table.paper, table.paper_std, table.shortcut)],
+        "paper (%)": [("" if pd.isna(p) else _num(p) + ("" if pd.isna(s) else f" ± {s:.2f}")) or
+                      ("not tabulated" if sc == "none" else "")
+                      for p, s, sc in zip(table.paper, table.paper_std, table.shortcut)],
         "paper best (%)": [_num(b) for b in table.paper_best],
         "difference (means)": [_num(d, "+.2f") for d in table.difference],
         "params": ["" if pd.isna(p) else f"{int(p):,}" for p in table.params],

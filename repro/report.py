@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from .names import display_name
-from .plots import (ARTEFACTS, SOURCES, Artefact, check_inputs, choose_protocol, degradation, final_errors, fig7, markdown_table,
-                    render, select)
+from .plots import (ARTEFACTS, SOURCES, Artefact, check_inputs, choose_protocol, degradation, final_errors, fig7,
+                    markdown_table, render, select)
 from .results import distinct_runs, final_rows, last_rows, read_responses, read_results
 from .verdicts import NOISE_FLOOR, Z, Verdict, verdict_table, verdicts
 
