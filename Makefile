@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 CIFAR10 ?= data/cifar10
 # IMAGENET: an ImageFolder root for make bench's ImageNet rows (e.g. ../shared/data/imagenette); empty = tensors
 IMAGENET ?=
-# JOBS: runs of a sweep at once (measured on 2 CPU cores, 2 runs x 1 thread vs one run on 2 threads:
-# ~1.15x aggregate for ResNet-20, ~1.2x for the width-8 demo nets; make bench, README "Performance")
+# JOBS: runs of a sweep at once (on 2 CPU cores, 2 runs x 1 thread beat one run on 2 threads: make bench's
+# "concurrent" rows, README "Performance")
 JOBS ?= 2
 THREADS ?= $(shell echo $$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )))
 STAMP := $(VENV)/.installed
