@@ -171,6 +171,7 @@ def fig6(df: pd.DataFrame, out: Path, ylim=(0, 20), scope: str = "") -> Artefact
     panels = [[(d, "none") for d in (20, 32, 44, 56)], [(d, "A") for d in (20, 32, 44, 56, 110)],
               [(110, "A"), (1202, "A")]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[1].sharey(axes[0])  # plain and residual nets on one scale, also when the axis is automatic
     missing = []
     for i, (ax, nets) in enumerate(zip(axes, panels)):
         log = i == 2

@@ -27,16 +27,21 @@ def real_cifar_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def cifar_root(tmp_path_factory) -> Path:
-    """CIFAR-10 for training tests: the real copy beside the checkout, else (a user's clone) the embedded
-    synthetic task written in the exact cifar-10-batches-py format and read through the real reader."""
-    if has_real_cifar():
-        return CIFAR
+def generated_cifar(tmp_path_factory) -> Path:
+    """The embedded synthetic task (2,000 / 500 images) written in the exact cifar-10-batches-py format and
+    read through the real reader: for tests whose point is the machinery (faults, resume, sweeps), which
+    start many processes, each reading its data in milliseconds."""
     from repro.data import make_synthetic, write_cifar_format
 
     root = tmp_path_factory.mktemp("generated-cifar10")
     write_cifar_format(root, *make_synthetic(n_train=2000, n_test=500))
     return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(generated_cifar) -> Path:
+    """CIFAR-10 for training tests: the real copy beside the checkout, else (a user's clone) the generated one."""
+    return CIFAR if has_real_cifar() else generated_cifar
 
 
 def write_cifar_folder(root: Path, n_train: int = 250, n_test: int = 20, seed: int = 0) -> Path:
