@@ -87,9 +87,12 @@ def judge(margin: float, se: float) -> str:
     return "inconclusive"
 
 
-def _noise_text(stats: list[NetStats]) -> str:
-    kinds = {("seed std" if s.measured else "floor") for s in stats}
-    return " and ".join(sorted(kinds))
+def _noise_text(stats: list[NetStats], floor: float) -> str:
+    if all(s.measured for s in stats):
+        return "seed-to-seed std"
+    if not any(s.measured for s in stats):
+        return f"floor {floor:g} points per net"
+    return f"seed-to-seed std where measured, else floor {floor:g} points"
 
 
 def _compare(family: str, protocol: str, claim: str, terms: list[tuple[float, tuple[int, str]]],
@@ -105,8 +108,7 @@ def _compare(family: str, protocol: str, claim: str, terms: list[tuple[float, tu
     word = judge(margin, se)
     parts = ", ".join(f"{display_name(*n)} {stats[n].mean:.2f}%" + (f" ± {stats[n].sigma:.2f} ({stats[n].n} seeds)"
                                                                     if stats[n].n > 1 else "") for n in nets)
-    evidence = (f"{parts}: margin {margin:+.2f} points against 2 SE = {Z * se:.2f} "
-                f"(noise: {_noise_text(used)}{f' {floor:g} points per net' if not all(s.measured for s in used) else ''})")
+    evidence = f"{parts}: margin {margin:+.2f} points against 2 SE = {Z * se:.2f} (noise: {_noise_text(used, floor)})"
     return Verdict(family, protocol, claim, word, margin, se, min(s.n for s in used),
                    " vs ".join(display_name(*n) for n in nets), evidence)
 
