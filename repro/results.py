@@ -79,6 +79,8 @@ def read_metrics(path: Path) -> pd.DataFrame:
             f"{path} does not have the metrics columns {', '.join(COLUMNS)}: "
             f"missing {missing or 'none'}, unexpected {unknown or 'none'}"
         )
+    if df.empty:  # a run that has just started: its header only
+        return df.astype(float)
     bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
         raise ResultsError(f"{path}: non-numeric values in column(s) {', '.join(bad)}")

@@ -139,6 +139,14 @@ def test_verdicts_not_measured_without_enough_runs(tmp_path):
     assert {v.verdict for v in _verdicts(read_results(tmp_path / "r")).values()} == {"not measured"}
 
 
+def test_a_run_that_has_just_started_is_read_not_refused(degraded, tmp_path):
+    run = make_run(degraded, "fig6_1202", 1202, "A", status="running", steps=(100,))
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\n")  # the header, no row yet
+    df = read_results(degraded)
+    assert run.name not in set(df.run) and len(df.path.unique()) == 12
+    assert plots.render("fig6", degraded, tmp_path / "p").missing == ["ResNet-1202"]
+
+
 def test_runs_in_progress_are_drawn_and_marked(degraded, tmp_path):
     make_run(degraded, "fig6_1202", 1202, "A", status="running", steps=(100,), cfg={"optim": {"total_steps": 300}})
     df = plots.select(degraded, "fig6", None)
