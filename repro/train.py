@@ -214,6 +214,8 @@ def run(cfg: DictConfig) -> str:
                    final_crops=cfg.final_crops, eval_batch_size=cfg.data.eval_batch_size, workers=cfg.data.get("workers"))
         update_meta(run_dir, status=status, end_time=now_iso())
         print(f"[train] {run_dir}: {status}", flush=True)
+    if world > 1:  # the other ranks wait for rank 0's final writes: tearing gloo down under it can abort them
+        dist.barrier()
     return status
 
 

@@ -284,11 +284,11 @@ def test_report_has_every_artefact_paper_values_scale_and_verdicts(degraded, tmp
     assert {"margin", "se", "threshold", "seeds"} <= set(v.columns)
 
 
-def test_figures_render_from_a_real_tiny_run(tmp_path, cifar_root):
+def test_figures_render_from_a_real_tiny_run(tmp_path, generated_cifar):
     from repro.train import run
 
     for sc in ("none", "A"):
-        run(compose(tiny_run_overrides(tmp_path / "results", cifar_root, f"model.shortcut={sc}", "exp_name=fig6_plain")))
+        run(compose(tiny_run_overrides(tmp_path / "results", generated_cifar, f"model.shortcut={sc}", "exp_name=fig6_plain")))
     out = tmp_path / "plots"
     art = plots.render("fig6", tmp_path / "results", out)
     assert "plain-20" not in art.missing and "ResNet-20" not in art.missing

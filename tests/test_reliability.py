@@ -245,6 +245,7 @@ def test_the_arithmetic_may_not_change_on_resume(tmp_path):
         prepare_run_dir(run_dir, config, "fp32")
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_csv(tmp_path, generated_cifar):
     """Data-parallel (2 gloo processes on the CPU): rank 0 killed right after a checkpoint, the same
     command again resumes from it (the checkpoint holds the bare model, whatever the world size) and

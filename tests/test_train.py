@@ -64,23 +64,23 @@ def test_a_real_tiny_run_writes_the_documented_csv(tmp_path, cifar_root):
     assert (run_dir / "model.pt").exists() and not (run_dir / "checkpoint.pt").exists()
 
 
-def test_same_seed_gives_the_same_csv_and_another_seed_does_not(tmp_path, cifar_root):
+def test_same_seed_gives_the_same_csv_and_another_seed_does_not(tmp_path, generated_cifar):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        run(compose(tiny_run_overrides(tmp_path / name, cifar_root, f"seed={seed}", "model.shortcut=none")))
+        run(compose(tiny_run_overrides(tmp_path / name, generated_cifar, f"seed={seed}", "model.shortcut=none")))
     load = lambda n, s: pd.read_csv(tmp_path / n / "t" / f"cifar10-plain-20-s{s}" / "metrics.csv").drop(columns="wall_time")  # noqa: E731
     pd.testing.assert_frame_equal(load("a", 0), load("b", 0), check_exact=True)
     assert not load("a", 0).equals(load("c", 1))
 
 
-def test_validation_split_adds_val_columns(tmp_path, cifar_root):
-    run(compose(tiny_run_overrides(tmp_path, cifar_root, "data.val_size=200")))
+def test_validation_split_adds_val_columns(tmp_path, generated_cifar):
+    run(compose(tiny_run_overrides(tmp_path, generated_cifar, "data.val_size=200")))
     with open(tmp_path / "t" / "cifar10-resnet-20-s0" / "metrics.csv") as f:
         assert tuple(next(csv.reader(f))) == documented_columns() + VAL_COLUMNS
 
 
 @pytest.mark.parametrize("until,expect_exit", [(0.99, True), (0.0, False)])
-def test_warm_up_exits_on_the_error_rule_and_does_not_stick(tmp_path, cifar_root, until, expect_exit):
-    over = tiny_run_overrides(tmp_path, cifar_root, "optim.warmup_from_depth=null", f"optim.warmup_until_err={until}",
+def test_warm_up_exits_on_the_error_rule_and_does_not_stick(tmp_path, generated_cifar, until, expect_exit):
+    over = tiny_run_overrides(tmp_path, generated_cifar, "optim.warmup_from_depth=null", f"optim.warmup_until_err={until}",
                               "optim.warmup_check_every=5", "optim.milestones=[0.99]", "model.shortcut=none")
     run(compose(over))
     lrs = [float(r["lr"]) for r in _rows(tmp_path / "t" / "cifar10-plain-20-s0" / "metrics.csv")]
@@ -89,8 +89,8 @@ def test_warm_up_exits_on_the_error_rule_and_does_not_stick(tmp_path, cifar_root
     assert lrs == ([0.1, 0.1] if expect_exit else [0.01, 0.01])
 
 
-def test_multirun_of_the_smoke_sweep_writes_one_folder_per_net(tmp_path, cifar_root):
-    cmd = [python(), "-m", "repro.train", "-m", *tiny_run_overrides(tmp_path, cifar_root), "hydra.sweep.dir=" + str(tmp_path / "hy")]
+def test_multirun_of_the_smoke_sweep_writes_one_folder_per_net(tmp_path, generated_cifar):
+    cmd = [python(), "-m", "repro.train", "-m", *tiny_run_overrides(tmp_path, generated_cifar), "hydra.sweep.dir=" + str(tmp_path / "hy")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["cifar10-plain-20-s0", "cifar10-resnet-20-s0"]
