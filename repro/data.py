@@ -59,12 +59,17 @@ class _SafeUnpickler(pickle.Unpickler):
             raise UnsafePickle(f"refusing to load {module}.{name}: not part of the CIFAR format") from None
 
 
-def safe_load_pickle(path: Path) -> dict:
-    """Load one CIFAR batch file with the restricted unpickler; keys come back as str."""
+def read_file(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"CIFAR-10 file not found: {path}; {HOW_TO_GET}") from None
+
+
+def safe_load_pickle(path: Path, raw: bytes | None = None) -> dict:
+    """Load one CIFAR batch file (or its bytes `raw`, already read) with the restricted unpickler; keys come
+    back as str."""
+    raw = read_file(path) if raw is None else raw
     try:
         obj = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except UnsafePickle as e:
@@ -77,9 +82,9 @@ def safe_load_pickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one batch file, validated."""
-    d = safe_load_pickle(path)
+def read_batch(path: Path, raw: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one batch file (or its bytes `raw`), validated."""
+    d = safe_load_pickle(path, raw)
     if "data" not in d or "labels" not in d:
         raise DataError(f"corrupt CIFAR-10 file {path}: missing 'data' or 'labels' (keys: {sorted(d)})")
     x, y = d["data"], np.asarray(d["labels"])
@@ -121,19 +126,26 @@ def download_cifar10(root: Path, url: str = CIFAR_URL, md5: str | None = CIFAR_M
     return found
 
 
-def load_cifar10(root: str | Path, download: bool = False, url: str = CIFAR_URL, md5: str | None = CIFAR_MD5):
+def load_cifar10(root: str | Path, download: bool = False, url: str = CIFAR_URL, md5: str | None = CIFAR_MD5,
+                 fingerprint: dict[str, str] | None = None):
     """(train_x, train_y, test_x, test_y) as numpy arrays from `root` (the folder holding
     cifar-10-batches-py, or that folder itself). Batch-file md5s are deliberately not checked: copies
-    re-encoded from other sources (like ../shared/data/cifar10) are valid CIFAR-10 for this purpose."""
+    re-encoded from other sources (like ../shared/data/cifar10) are valid CIFAR-10 for this purpose; they are
+    recorded instead, into `fingerprint` when given (which copy a run read: meta.json)."""
     root = Path(root).expanduser()
     folder = find_cifar_dir(root)
     if folder is None:
         if not download:
             raise DataError(f"CIFAR-10 not found in {root} (looked for {root / CIFAR_DIR}); {HOW_TO_GET}")
         folder = download_cifar10(root, url, md5)
-    parts = [read_batch(folder / f) for f in TRAIN_FILES]
-    test_x, test_y = read_batch(folder / TEST_FILE)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), test_x, test_y
+    parts = []
+    for name in (*TRAIN_FILES, TEST_FILE):
+        raw = read_file(folder / name)
+        if fingerprint is not None:
+            fingerprint[name] = hashlib.md5(raw).hexdigest()
+        parts.append(read_batch(folder / name, raw))
+    (test_x, test_y), train = parts[-1], parts[:-1]
+    return np.concatenate([p[0] for p in train]), np.concatenate([p[1] for p in train]), test_x, test_y
 
 
 def cifar_fingerprint(root: str | Path) -> dict[str, str]:
@@ -141,7 +153,7 @@ def cifar_fingerprint(root: str | Path) -> dict[str, str]:
     folder = find_cifar_dir(Path(root).expanduser())
     if folder is None:
         raise DataError(f"CIFAR-10 not found in {root}; {HOW_TO_GET}")
-    return {f: hashlib.md5((folder / f).read_bytes()).hexdigest() for f in (*TRAIN_FILES, TEST_FILE)}
+    return {f: hashlib.md5(read_file(folder / f)).hexdigest() for f in (*TRAIN_FILES, TEST_FILE)}
 
 
 def make_synthetic(n_train: int = 50_000, n_test: int = 10_000, seed: int = 0, n_classes: int = 10,
@@ -220,6 +232,7 @@ class ImageData:
     mean: torch.Tensor  # per-pixel mean of the training images, (3, 32, 32) float in [0, 1] (§4.2)
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+    md5: dict[str, str] | None = None  # of the batch files read (CIFAR-10): which copy it was
 
     @property
     def num_classes(self) -> int:
@@ -235,8 +248,10 @@ def load_image_data(device: torch.device, *, name: str, root: str | Path, downlo
     root = Path(root).expanduser()
     if name == "synthetic":
         arrays, source = make_synthetic(seed=synthetic_seed), f"embedded synthetic task (seed {synthetic_seed})"
+        md5 = None
     else:
-        arrays, source = load_cifar10(root, download=download, url=url), f"CIFAR-10 from {root}"
+        md5 = {}
+        arrays, source = load_cifar10(root, download=download, url=url, fingerprint=md5), f"CIFAR-10 from {root}"
     train_x, train_y, test_x, test_y = (torch.from_numpy(a) for a in arrays)
     if train_size:  # a prefix of the training set, for tests and quick looks
         train_x, train_y = train_x[:train_size], train_y[:train_size]
@@ -252,8 +267,8 @@ def load_image_data(device: torch.device, *, name: str, root: str | Path, downlo
     total = sum(chunk.sum(0, dtype=torch.float64) for chunk in train_x.split(4096))
     mean = (total / len(train_x)).div(255).float()
     put = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return ImageData("synthetic" if name == "synthetic" else "cifar10", source, put(train_x), put(train_y), put(test_x), put(test_y), put(mean),
-                     put(val_x), put(val_y))
+    return ImageData("synthetic" if name == "synthetic" else "cifar10", source, put(train_x), put(train_y),
+                     put(test_x), put(test_y), put(mean), put(val_x), put(val_y), md5=md5)
 
 
 def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:

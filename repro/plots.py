@@ -254,7 +254,8 @@ def _num(x: float, fmt: str = ".2f") -> str:
     return "" if pd.isna(x) else format(x, fmt)
 
 
-def _protocol_order(final: pd.DataFrame) -> list[str]:
+def protocol_order(final: pd.DataFrame) -> list[str]:
+    """Protocol keys, fewest deviations from the paper first."""
     keys = final.drop_duplicates("protocol_key").sort_values(["deviations", "protocol"])
     return list(keys.protocol_key)
 
@@ -265,7 +266,7 @@ def table6(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
     beside our best), the difference of the means, params."""
     final = final_rows(df)
     rows, missing = [], []
-    for key in _protocol_order(final):
+    for key in protocol_order(final):
         of = final[final.protocol_key == key]
         for sc in ("A", "none"):
             for depth in sorted(set(of.depth[of.shortcut == sc])):
@@ -325,7 +326,7 @@ def _imagenet_table(df: pd.DataFrame, finals: pd.DataFrame, paper: dict, data: s
     """One row per (net, protocol) of the finished runs of the nets in `paper` (paper columns only on ImageNet)."""
     last = _imagenet_finals(df, finals)
     rows = []
-    for key in _protocol_order(last):
+    for key in protocol_order(last):
         of = last[last.protocol_key == key]
         for net, ref in paper.items():
             runs = net_rows(of, net)
@@ -381,19 +382,21 @@ def final_errors(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
     """Every net's final training and test error, one row per (net, protocol), finished runs only."""
     final = final_rows(df)
     rows = []
-    for key in _protocol_order(final):
+    for key in protocol_order(final):
         of = final[final.protocol_key == key]
         for (depth, sc), runs in sorted(of.groupby(["depth", "shortcut"]), key=lambda g: (g[0][1] != "none", g[0][0])):
             tr, te = _stats(runs.train_err), _stats(runs.test_err)
             rows.append({"net": display_name(depth, sc), "protocol": runs.protocol.iloc[0], "runs": len(runs),
                          "steps": int(runs.step.max()), "train_mean": tr["mean"], "train_std": tr["std"],
-                         "test_mean": te["mean"], "test_std": te["std"]})
+                         "test_mean": te["mean"], "test_std": te["std"],
+                         "train_hours": runs.wall_time.astype(float).mean() / 3600})
     table = pd.DataFrame(rows, columns=["net", "protocol", "runs", "steps", "train_mean", "train_std", "test_mean",
-                                        "test_std"])
+                                        "test_std", "train_hours"])
     pm = lambda m, s: _num(m) + ("" if pd.isna(s) else f" ± {s:.2f}")  # noqa: E731
     shown = pd.DataFrame({"net": table.net, "protocol": table.protocol, "runs": table.runs, "steps": table.steps,
                           "final train error (%)": [pm(m, s) for m, s in zip(table.train_mean, table.train_std)],
-                          "final test error (%)": [pm(m, s) for m, s in zip(table.test_mean, table.test_std)]})
+                          "final test error (%)": [pm(m, s) for m, s in zip(table.test_mean, table.test_std)],
+                          "training time (h)": table.train_hours.map(lambda h: _num(h))})
     a = Artefact("final_errors", "Final errors", save_table(table, out, "final_errors", shown), table=shown)
     a.caption = _caption([], "Finished runs only. Training error: mean over the mini-batches of the last evaluation "
                              "interval. Test error: last evaluation.", scope)
@@ -408,6 +411,20 @@ def suffix(data: str) -> str:
 
 
 ARTEFACTS = ("fig1", "fig6", "fig7", "table6", "fig4", "table2", "table3", "fig4_imagenette", "table2_imagenette")
+
+
+def data_kind(name: str) -> str:
+    """Which runs an artefact reads: 'cifar10', 'imagenet' (ImageNet runs only) or 'imagenette'."""
+    if name in ("fig1", "fig6", "fig7", "table6", "final_errors"):
+        return "cifar10"
+    return "imagenette" if name.endswith("_imagenette") else "imagenet"
+
+
+def runs_of(df: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The rows of one data_kind: CIFAR-family runs, or ImageNet-family runs on ImageNet / Imagenette."""
+    if df.empty:
+        return df
+    return df[df.family == "cifar10"] if kind == "cifar10" else df[(df.family == "imagenet") & (df.data == kind)]
 
 
 def select(results: Path, name: str, explicit: list[Path] | None) -> pd.DataFrame:
@@ -470,10 +487,8 @@ def render(name: str, results: Path, out: Path, explicit: list[Path] | None = No
     """Render one artefact by name: a figure from one protocol of its runs (`protocol`, else
     choose_protocol's default), a table from every protocol (or `protocol`). ImageNet artefacts read only
     runs on ImageNet; the *_imagenette ones only Imagenette runs."""
-    df = select(results, name, explicit)
-    data = "imagenette" if name.endswith("_imagenette") else "imagenet"
-    family = df[df.family == "cifar10"] if name in ("fig1", "fig6", "fig7", "table6") else \
-        df[(df.family == "imagenet") & (df.data == data)]
+    data = data_kind(name)
+    family = runs_of(select(results, name, explicit), data)
     kw = {} if ylim == "paper" else {"ylim": None if ylim == "auto" else ylim}
     if name.startswith("table"):  # every protocol, one row per (net, protocol); or the one asked for
         chosen = family if protocol is None else choose_protocol(family, protocol)[0]

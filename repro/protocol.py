@@ -20,7 +20,7 @@ from typing import Any
 
 # Keys a resolved config has that never change a run's numbers (the net and the seed are kept apart).
 NOT_PROTOCOL = {"exp_name", "seed", "device", "threads", "results_dir", "overwrite", "save_model", "final_crops",
-                "analyze_responses", "log_every", "model.depth", "model.shortcut", "data.root", "data.download",
+                "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download",
                 "data.url", "data.fallback", "data.workers", "data.eval_batch_size", "data.format"}
 # Keys added to the config over time, with the value older run folders were made with.
 ADDED_LATER = {"optim.splits": 1, "optim.schedule": "milestones", "data.val_size": 0, "data.train_size": 0,
@@ -59,7 +59,7 @@ OFFICIAL_MD5 = {
 }
 # Copies of CIFAR-10 known by their batch files' md5s (data_copy below): the official release, and the
 # copy beside this repository (../shared/data/cifar10, PROVENANCE.md: 89% of its images decoded from JPEG).
-KNOWN_COPIES = {"official": "official", "e59f1be4": "JPEG-derived copy"}
+KNOWN_COPIES = {"e59f1be4": "JPEG-derived copy"}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

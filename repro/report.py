@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from .names import display_name
-from .plots import (ARTEFACTS, SOURCES, Artefact, check_inputs, choose_protocol, degradation, final_errors, fig7,
-                    markdown_table, render, select)
+from .plots import (ARTEFACTS, SOURCES, Artefact, check_inputs, choose_protocol, data_kind, degradation, final_errors,
+                    fig7, markdown_table, protocol_order, render, runs_of, select)
 from .results import distinct_runs, final_rows, last_rows, read_responses, read_results
 from .verdicts import NOISE_FLOOR, Z, Verdict, verdict_table, verdicts
 
@@ -104,11 +104,9 @@ def _add_verdicts(doc: Doc, df: pd.DataFrame, family: str, heading: str, floor: 
     if df.empty:
         vs = verdicts(df, family, "—", floor)
     else:
-        keys = df.drop_duplicates("protocol_key").sort_values(["deviations", "protocol"])
-        if protocol is not None:
-            keys = keys[keys.protocol == choose_protocol(df, protocol)[0].protocol.iloc[0]]
-        vs = [v for key, name in zip(keys.protocol_key, keys.protocol)
-              for v in verdicts(df[df.protocol_key == key], family, name, floor)]
+        keys = [k for k in protocol_order(df) if protocol is None or (df.protocol[df.protocol_key == k] == protocol).all()]
+        vs = [v for k in keys for v in verdicts(df[df.protocol_key == k], family, df.protocol[df.protocol_key == k].iloc[0],
+                                                floor)] or verdicts(df.iloc[0:0], family, protocol or "—", floor)
     doc.p(f"Each claim is decided on the final training error of finished runs of one protocol: it holds when "
           f"the margin (in the paper's direction) exceeds {Z:g} standard errors, does not hold when it is beyond "
           f"{Z:g} standard errors the other way, and is inconclusive in between. The standard error comes from the "
@@ -148,16 +146,13 @@ def write_report(root: Path, out: Path, explicit: list[Path] | None, ylim="paper
         check_inputs(root, list(ARTEFACTS), explicit, protocol)
         title = "Reproduction report — He et al. 2015, the degradation problem"
         doc.h(1, title)
-        cifar = select(root, "fig6", explicit)
-        cifar = cifar[cifar.family == "cifar10"] if not cifar.empty else cifar
-        nets = select(root, "fig4", explicit)
-        imagenet = nets[(nets.family == "imagenet") & (nets.data == "imagenet")] if not nets.empty else nets
-        imagenette = nets[(nets.family == "imagenet") & (nets.data == "imagenette")] if not nets.empty else nets
+        cifar, nets = runs_of(select(root, "fig6", explicit), "cifar10"), select(root, "fig4", explicit)
+        imagenet, imagenette = runs_of(nets, "imagenet"), runs_of(nets, "imagenette")
         have = {"cifar10": not cifar.empty, "imagenet": not imagenet.empty, "imagenette": not imagenette.empty}
-        kind = lambda n: "imagenette" if n.endswith("_imagenette") else \
-            ("cifar10" if n in ("fig1", "fig6", "fig7", "table6") else "imagenet")  # noqa: E731
-        arts = [render(name, root, out, explicit, ylim, protocol) for name in ARTEFACTS if have[kind(name)]]
-        skipped = [name for name in ARTEFACTS if not have[kind(name)]]
+        arts = [render(name, root, out, explicit, ylim, protocol) for name in ARTEFACTS if have[data_kind(name)]]
+        if have["cifar10"]:
+            arts.append(final_errors(cifar if protocol is None else cifar[cifar.protocol == protocol], out))
+        skipped = [name for name in ARTEFACTS if not have[data_kind(name)]]
         everything = pd.concat([d for d in (cifar, nets) if not d.empty], ignore_index=True) \
             if not (cifar.empty and nets.empty) else cifar
         doc.h(2, "Scale of the runs")

@@ -170,9 +170,8 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The final row of each finished run ("final" is the last evaluation of a run that reached its total
     steps, never the best test epoch), one per (protocol, net, seed): the same computation found twice (a
     run reused by another experiment, a copied folder) is counted once."""
-    last = last_rows(df)
-    last = last[last.finished.astype(bool)]
-    return last.drop_duplicates(["protocol_key", "depth", "shortcut", "seed"]).reset_index(drop=True)
+    last = last_rows(distinct_runs(df))
+    return last[last.finished.astype(bool)].reset_index(drop=True)
 
 
 def unfinished(df: pd.DataFrame) -> list[str]:

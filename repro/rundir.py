@@ -13,17 +13,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from .protocol import arithmetic, flatten, identity
+from .protocol import flatten, identity
 from .results import ResultsError, read_meta
-
-# Keys that do not change the experiment, so they may differ when resuming a run: where it runs and the
-# speed switches (fast.*: checked against the fp32 path by tests/test_fidelity.py; a run may start on a CPU
-# and finish on a GPU, or pick up switches added by a newer version of this code). The arithmetic is the
-# exception: bf16 autocast (as resolved for the device, meta.json) must stay what the run started with.
-VOLATILE_KEYS = ("overwrite", "device", "results_dir", "threads")
-VOLATILE_GROUPS = ("fast",)
-
-
 
 def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
     """Write to a temp file, fsync, rename: a reader (or a crash) sees the old file or the new one."""
@@ -62,14 +53,6 @@ def git_revision() -> tuple[str, bool]:
         return "unknown", False
 
 
-def config_diff(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ between two configs, ignoring VOLATILE_KEYS and VOLATILE_GROUPS."""
-    a, b = flatten(old), flatten(new)
-    keys = sorted(set(a) | set(b))
-    volatile = lambda k: k.split(".")[-1] in VOLATILE_KEYS or k.split(".")[0] in VOLATILE_GROUPS  # noqa: E731
-    return [k for k in keys if not volatile(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
-
-
 def run_key(config: dict, meta: dict) -> dict[str, Any]:
     """What makes a run this run: its protocol (repro.protocol), net and seed — less which copy of the data
     (checked where the md5s are known: a new run's are not until its data is read) and an arithmetic
@@ -77,6 +60,17 @@ def run_key(config: dict, meta: dict) -> dict[str, Any]:
     key = {**identity(config, meta), **{k: flatten(config).get(k) for k in ("model.depth", "model.shortcut", "seed")}}
     key.pop("data.copy", None)
     return key
+
+
+def run_diff(old: dict, old_meta: dict, new: dict, arith: str) -> dict[str, tuple]:
+    """{key: (old value, new value)} where a run folder's run (`old` config and meta) and a new one (config
+    `new` in arithmetic `arith`) differ. Keys that change no numbers (paths, devices, threads, speed switches,
+    what is kept afterwards) are not compared; an arithmetic the old folder did not record is not either."""
+    a, b = run_key(old, old_meta), run_key(new, {"fast": {"bf16": arith == "bf16"}})
+    if a["arithmetic"] == "unrecorded":
+        b["arithmetic"] = "unrecorded"
+    return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")}
 
 
 def prepare_run_dir(run_dir: Path, config: dict, arith: str, overwrite: bool = False) -> str:
@@ -92,12 +86,9 @@ def prepare_run_dir(run_dir: Path, config: dict, arith: str, overwrite: bool = F
         return "fresh"
     old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     meta = read_meta(run_dir)
-    a, b = run_key(old, meta), run_key(config, {"fast": {"bf16": arith == "bf16"}})
-    if a["arithmetic"] == "unrecorded":
-        b["arithmetic"] = "unrecorded"
-    diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    diff = run_diff(old, meta, config, arith)
     if diff and not overwrite:
-        shown = ", ".join(f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in diff[:8])
+        shown = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in list(diff.items())[:8])
         raise ResultsError(
             f"{run_dir} holds a run made with a different config ({shown}); rerun with overwrite=true "
             f"to move it aside and start fresh, or change results_dir"
@@ -154,13 +145,11 @@ def truncate_metrics(path: Path, last_step: int) -> int:
     return len(keep)
 
 
-
-
 def find_finished(results_root: Path, run_dir: Path, config: dict, arith: str,
                   same_data: Callable[[dict, dict], bool]) -> Path | None:
-    """A finished run under `results_root` (another experiment's) that is this very run: the same config
-    but for the experiment's name and the paths (and the VOLATILE_KEYS), the same arithmetic, and data that
-    `same_data(its_config, its_meta)` confirms is the same copy. None when there is none."""
+    """A finished run under `results_root` (another experiment's) that is this very run — no `run_diff`,
+    data that `same_data(its_config, its_meta)` confirms is the same copy — and that kept what this config
+    asks to keep (weights, Fig. 7's responses, the multi-crop evaluation). None when there is none."""
     for cfg_path in sorted(Path(results_root).glob("*/*/config.yaml")):
         other = cfg_path.parent
         if other.resolve() == run_dir.resolve() or ".old-" in other.name:
@@ -169,8 +158,10 @@ def find_finished(results_root: Path, run_dir: Path, config: dict, arith: str,
         if meta.get("status") != "done" or meta.get("reused_from"):
             continue
         old = yaml.safe_load(cfg_path.read_text()) or {}
-        strip = lambda c: {**c, "exp_name": None, "data": {**c.get("data", {}), "root": None}}  # noqa: E731
-        if config_diff(strip(old), strip(config)) or arithmetic(old, meta) != arith or not same_data(old, meta):
+        kept = {"model.pt": config.get("save_model"), "responses.csv": config.get("analyze_responses") and
+                config["model"]["family"] == "cifar10", "final.json": config.get("final_crops")}
+        if run_diff(old, meta, config, arith) or any(want and not (other / f).exists() for f, want in kept.items()) \
+                or not same_data(old, meta):
             continue
         return other
     return None

@@ -234,19 +234,18 @@ def start_run_dir(cfg: DictConfig, run_dir: Path, config: dict, state: State, sr
         (run_dir / "metrics.csv").unlink(missing_ok=True)  # rows without a checkpoint cannot be continued
         atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)).encode())
     rev, dirty = git_revision()
-    md5 = cifar_fingerprint(cfg.data.root) if src.name == "cifar10" else None
+    md5 = src.tensors.md5 if src.tensors is not None else None  # from the bytes the loader read
     copy = {"data_md5": md5, "data_copy": data_copy(md5)} if md5 else {}
-    threads = torch.get_num_threads()
+    threads, params = torch.get_num_threads(), count_params(model)
     device = next(model.parameters()).device
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({threads} thread{'s' if threads > 1 else ''})"
-    meta = update_meta(run_dir, status="running", data=src.name, data_source=src.source, params=count_params(model),
-                       device=where + (f" x {world} processes" if world > 1 else ""), torch=torch.__version__,
-                       git_revision=rev, git_dirty=dirty, fast=vars(fast), total_steps=cfg.optim.total_steps,
-                       start_time=now_iso(), **copy)
-    update_meta(run_dir, scale=description(identity(config, meta)))
+    update_meta(run_dir, status="running", data=src.name, data_source=src.source, params=params,
+                device=where + (f" x {world} processes" if world > 1 else ""), torch=torch.__version__,
+                git_revision=rev, git_dirty=dirty, fast=vars(fast), total_steps=cfg.optim.total_steps,
+                start_time=now_iso(), scale=description(identity(config, {"fast": vars(fast), **copy})), **copy)
     print(f"[train] {run_dir}: {cfg.model.family} depth {cfg.model.depth} shortcut {cfg.model.shortcut}, "
-          f"{count_params(model):,} params, {cfg.optim.total_steps} steps of {cfg.optim.batch_size} on "
+          f"{params:,} params, {cfg.optim.total_steps} steps of {cfg.optim.batch_size} on "
           f"{where}" + (f" x {world}" if world > 1 else ""), flush=True)
 
 

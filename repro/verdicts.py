@@ -67,7 +67,11 @@ class NetStats:
     mean: float  # final training error, points, mean over seeds
     sigma: float  # the std used for it (seed std, or the noise floor)
     n: int
-    measured: bool  # sigma from seeds (True) or the floor (False)
+
+    @property
+    def measured(self) -> bool:
+        """sigma from the seeds (True) or the floor (False)."""
+        return self.n > 1
 
 
 def net_stats(final: pd.DataFrame, floor: float) -> dict[tuple[int, str], NetStats]:
@@ -75,7 +79,7 @@ def net_stats(final: pd.DataFrame, floor: float) -> dict[tuple[int, str], NetSta
     for (depth, sc), runs in final.groupby(["depth", "shortcut"]):
         err = 100 * runs.train_err.astype(float)
         n = len(err)
-        out[(int(depth), str(sc))] = NetStats(float(err.mean()), float(err.std()) if n > 1 else floor, n, n > 1)
+        out[(int(depth), str(sc))] = NetStats(float(err.mean()), float(err.std()) if n > 1 else floor, n)
     return out
 
 
@@ -108,7 +112,7 @@ def _compare(family: str, protocol: str, claim: str, terms: list[tuple[float, tu
     word = judge(margin, se)
     parts = ", ".join(f"{display_name(*n)} {stats[n].mean:.2f}%" + (f" ± {stats[n].sigma:.2f} ({stats[n].n} seeds)"
                                                                     if stats[n].n > 1 else "") for n in nets)
-    evidence = f"{parts}: margin {margin:+.2f} points against 2 SE = {Z * se:.2f} (noise: {_noise_text(used, floor)})"
+    evidence = f"{parts}: margin {margin:+.2f} points against {Z:g} SE = {Z * se:.2f} (noise: {_noise_text(used, floor)})"
     return Verdict(family, protocol, claim, word, margin, se, min(s.n for s in used),
                    " vs ".join(display_name(*n) for n in nets), evidence)
 

@@ -38,6 +38,5 @@ def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
         ours, ref = row["ours"], row["reference"]
         assert len(ours["windows_s_per_step"]) == len(ref["windows_s_per_step"]) == 1  # --windows 1: as asked
         assert all(s > 0 for s in ours["windows_s_per_step"] + ref["windows_s_per_step"])
-        assert ours["fast"] == report["fast"]  # our rows ran with the switches the report names
     assert report["fast"]["channels_last"]
     assert report["fig6_sweep_projection"] is None  # one depth per family: nothing to interpolate from

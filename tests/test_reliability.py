@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from repro.results import read_meta
-from repro.rundir import config_diff, prepare_run_dir
+from repro.rundir import prepare_run_dir, run_diff
 from repro.train import ConfigError, load_checkpoint, run
 from repro.models import build_model
 from conftest import ROOT, compose, python, write_cifar_folder
@@ -228,8 +228,9 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch_and_leaves_no_folder(tmp_pa
 def test_speed_switches_and_placement_may_change_on_resume_but_the_experiment_may_not():
     old = {"optim": {"lr": 0.1}, "fast": {"bf16": "auto"}, "threads": 1, "device": "cpu"}
     moved = {"optim": {"lr": 0.1}, "fast": {"bf16": False, "cpu_allocator": "auto"}, "threads": None, "device": "cuda"}
-    assert config_diff(old, moved) == []  # e.g. started on a CPU, finished on a GPU with a newer fast group
-    assert config_diff(old, {**moved, "optim": {"lr": 0.05}}) == ["optim.lr"]
+    diff = lambda new: list(run_diff(old, {}, new, "fp32"))  # noqa: E731  (old meta: arithmetic unrecorded)
+    assert diff(moved) == []  # e.g. started on a CPU, finished on a GPU with a newer fast group
+    assert diff({**moved, "optim": {"lr": 0.05}}) == ["optim.lr"]
 
 
 def test_the_arithmetic_may_not_change_on_resume(tmp_path):
