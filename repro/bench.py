@@ -7,7 +7,8 @@ Ours:      the whole data set as uint8 on the device, batched augmentation, and 
 Reference: torchvision's CIFAR10 dataset + DataLoader (2 workers) with PIL transforms + an eager fp32
            NCHW model and a plain SGD loop — the way common reproductions are written.
 Every measurement runs in a fresh process (its own allocator state, threads and peak memory), one after
-the other; the ablation rows switch our fast path's parts off one at a time.
+the other; the ablation rows switch our fast path's parts off one at a time (and, on CUDA, add
+fast.compile=reduce-overhead). fp32 is true fp32 everywhere: TF32 off, as in training (repro.runtime).
 Throughput = images/s over data + augmentation + forward + backward + step, median of several timed
 windows after warm-up. Effective TFLOP/s uses 6 x the paper's per-image multiply-adds per trained image
 (paper.md "Compute": a training step costs ~3 forward passes of 2 FLOPs per multiply-add).
@@ -33,6 +34,7 @@ from .data import BatchStream, find_cifar_dir, load_image_data, make_synthetic, 
 from .fast import Fast, resolve_fast, tune_cpu_allocator
 from .models import build_model, count_macs
 from .names import display_name
+from .runtime import configure_backends
 from .train import train_step
 
 CIFAR_NETS = [(20, "A"), (20, "none"), (56, "A"), (56, "none"), (110, "A"), (110, "none")]
@@ -56,7 +58,9 @@ def timed(step, windows: int, steps_per_window: int, warmup: int, sync) -> list[
 
 
 def throughput(step, device: torch.device, batch: int, windows: int, steps: int, warmup: int = 2) -> dict:
-    """Images/s of `step` (median window), its windows and this process's peak memory."""
+    """Images/s of `step` (median window), its windows and this process's peak memory, with the training
+    loop's backend settings (TF32 off, cuDNN autotuning on CUDA)."""
+    configure_backends(device, deterministic=False)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -108,14 +112,16 @@ def measure_ours(cifar: Path, depth: int, shortcut: str, device: torch.device, b
     fast = our_fast(device, **overrides)
     data = load_image_data(device, name="cifar10", root=cifar)
     model, opt, sums = our_net(fast, device, "cifar10", depth, shortcut, width=width)
+    step_net = fast.compiled(model)  # as the loop's Trainee.step_net
     stream = BatchStream(data, batch, seed=0)
     it = iter(range(10**9))
 
     def step():
         x, y = stream.batch(next(it))
-        train_step(model, opt, x, y, sums)
+        train_step(step_net, opt, x, y, sums)
 
-    return {**throughput(step, device, batch, windows, steps), "fast": vars(fast)}
+    warmup = 5 if fast.compile else 2  # compiling, and CUDA graphs' recording, happen in the first steps
+    return {**throughput(step, device, batch, windows, steps, warmup), "fast": vars(fast)}
 
 
 def torchvision_cifar10(root: Path, transform):
@@ -240,6 +246,7 @@ ABLATION = [  # our fast path with its parts switched off one after another (CPU
     ("all fast switches off (our data path + eager fp32 NCHW)",
      {"bf16": False, "cpu_allocator": False, "channels_last": False, "fused_sgd": False}),
 ]
+CUDA_ABLATION = [("fast.compile=reduce-overhead (CUDA graphs)", {"compile": "reduce-overhead"})]  # CUDA only
 
 
 def parse_nets(text: str) -> list[tuple[int, str]]:
@@ -306,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     for depth, sc in ABLATION_NETS if args.ablation else []:
         if (row := measured.get((depth, sc))) is None:
             continue
-        for label, overrides in ABLATION:
+        for label, overrides in ABLATION + (CUDA_ABLATION if cuda else []):
             r = isolated(measure_ours, args.cifar10, depth, sc, device, 128, windows, steps, **overrides)
             report["ablation"].append({"net": row["net"], "ours": label, "images_per_s": r["images_per_s"],
                                        "vs_reference": r["images_per_s"] / row["reference"]["images_per_s"]})

@@ -33,11 +33,16 @@ class State:
 def fault_point(name: str, step: int) -> None:
     """Fault injection for the reliability tests: REPRO_FAULT=<name>:<step> kills this process with
     SIGKILL when the loop reaches that point ('kill': the end of any step; 'term' sends SIGTERM there, as a
-    scheduler would; 'raise' raises).
+    scheduler would; 'term_launcher': rank 0 sends SIGTERM to its parent, torchrun, as SLURM signals the job
+    step, which hands it on to every rank; 'raise' raises).
     Unset in normal use."""
     if os.environ.get("REPRO_FAULT") == f"{name}:{step}":
         if name == "raise":
             raise RuntimeError(f"injected failure at step {step}")
+        if name == "term_launcher":
+            if os.environ.get("RANK", "0") == "0":
+                os.kill(os.getppid(), signal.SIGTERM)
+            return
         os.kill(os.getpid(), signal.SIGTERM if name == "term" else signal.SIGKILL)
 
 
@@ -54,12 +59,28 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         ck = torch.load(path, map_location="cpu", weights_only=True)  # safe: tensors and plain data only
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        follow_params(opt)
         state = State(**ck["state"])
     except Exception as e:
         raise ResultsError(f"cannot resume from {path} ({type(e).__name__}: {e}); move it aside or "
                            f"rerun with overwrite=true to start the run afresh") from None
     torch.set_rng_state(ck["torch_rng"])
     return state
+
+
+def follow_params(opt: torch.optim.Optimizer) -> None:
+    """The optimiser as this process built it, with the checkpoint's state: its implementation switches
+    (fused, foreach: load_state_dict would take the checkpoint's) and momentum buffers laid out like their
+    parameters (a run resumed with another fast.channels_last keeps the old strides, which CUDA's fused SGD
+    rejects)."""
+    for group in opt.param_groups:
+        for key in ("fused", "foreach"):
+            if key in opt.defaults:
+                group[key] = opt.defaults[key]
+        for p in group["params"]:
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if isinstance(buf, torch.Tensor) and buf.stride() != p.stride():
+                opt.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)
 
 
 class SignalFlag:

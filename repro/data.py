@@ -271,10 +271,11 @@ def load_image_data(device: torch.device, *, name: str, root: str | Path, downlo
                      put(test_x), put(test_y), put(mean), put(val_x), put(val_y), md5=md5)
 
 
-def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """A generator on `device` whose stream depends only on (seed, step): resume needs no RNG state, and
-    drawing on the device keeps the step free of host synchronisation on CUDA."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, step): resume needs no RNG state, and the draws
+    are the same on every device (CUDA's generators draw other numbers from the same seed), so a CPU and a
+    CUDA run see the same augmentations step for step, and a run may resume on another device."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 class BatchStream:
@@ -310,9 +311,10 @@ class BatchStream:
         return step * self.batch_size / self.n
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = _step_generator(self.seed, step, self.device)
-        offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g, device=self.device)[:, self.mine]
-        flips = (torch.rand(self.batch_size, generator=g, device=self.device) < 0.5)[self.mine]
+        g = _step_generator(self.seed, step)  # a few hundred numbers, then copied to the device
+        offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g)[:, self.mine]
+        flips = (torch.rand(self.batch_size, generator=g) < 0.5)[self.mine]
+        offsets, flips = (t.to(self.device, non_blocking=True) for t in (offsets, flips))
         idx = self.indices(step)[self.mine]
         x = augment(self.data.train_x[idx], self.data.mean, offsets, flips)
         return x, self.data.train_y[idx]

@@ -19,8 +19,8 @@ import json
 from typing import Any
 
 # Keys a resolved config has that never change a run's numbers (the net and the seed are kept apart).
-NOT_PROTOCOL = {"exp_name", "seed", "device", "threads", "results_dir", "overwrite", "save_model", "final_crops",
-                "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download",
+NOT_PROTOCOL = {"exp_name", "seed", "device", "deterministic", "threads", "results_dir", "overwrite", "save_model",
+                "final_crops", "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download",
                 "data.url", "data.fallback", "data.workers", "data.eval_batch_size", "data.format"}
 # Keys added to the config over time, with the value older run folders were made with.
 ADDED_LATER = {"optim.splits": 1, "optim.schedule": "milestones", "data.val_size": 0, "data.train_size": 0,
@@ -108,6 +108,9 @@ def identity(config: dict, meta: dict) -> dict[str, Any]:
     elif ident.get("data.name") in ("imagenet", "imagenette"):
         ident["data.copy"] = "unrecorded"
     ident["arithmetic"] = arithmetic(config, meta)
+    # the BN batch is what splits and data-parallel processes both change: 2 processes of a batch of 128 train
+    # as one process with optim.splits=2 (BN over 64 each), so `optim.splits` here counts the chunks of both
+    ident["optim.splits"] = ident.get("optim.splits", 1) * int(meta.get("processes") or 1)
     return dict(sorted(ident.items()))
 
 
@@ -165,7 +168,8 @@ def _phrase(key: str, ours: Any, theirs: Any, ident: dict, long: bool) -> str:
         return "arithmetic not recorded" if long else "arithmetic unrecorded"
     if key == "optim.splits":
         per = ident.get("optim.batch_size", 0) // max(int(ours), 1)
-        return f"BN statistics over {per} images (optim.splits={ours})" if long else f"splits {ours}"
+        return f"BN statistics over {per} images ({ours} chunks of a batch: optim.splits x processes)" if long \
+            else f"BN over {per}"
     if key == "eval_every":
         return f"evaluated every {ours} iterations (training error averaged over that window)" if long \
             else f"eval every {ours}"

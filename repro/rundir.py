@@ -62,18 +62,19 @@ def run_key(config: dict, meta: dict) -> dict[str, Any]:
     return key
 
 
-def run_diff(old: dict, old_meta: dict, new: dict, arith: str) -> dict[str, tuple]:
+def run_diff(old: dict, old_meta: dict, new: dict, arith: str, processes: int = 1) -> dict[str, tuple]:
     """{key: (old value, new value)} where a run folder's run (`old` config and meta) and a new one (config
-    `new` in arithmetic `arith`) differ. Keys that change no numbers (paths, devices, threads, speed switches,
-    what is kept afterwards) are not compared; an arithmetic the old folder did not record is not either."""
-    a, b = run_key(old, old_meta), run_key(new, {"fast": {"bf16": arith == "bf16"}})
+    `new` in arithmetic `arith` on `processes` data-parallel processes) differ. Keys that change no numbers
+    (paths, devices, threads, speed switches, what is kept afterwards) are not compared; an arithmetic the old
+    folder did not record is not either."""
+    a, b = run_key(old, old_meta), run_key(new, {"fast": {"bf16": arith == "bf16"}, "processes": processes})
     if a["arithmetic"] == "unrecorded":
         b["arithmetic"] = "unrecorded"
     return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
             if a.get(k, "<absent>") != b.get(k, "<absent>")}
 
 
-def prepare_run_dir(run_dir: Path, config: dict, arith: str, overwrite: bool = False) -> str:
+def prepare_run_dir(run_dir: Path, config: dict, arith: str, overwrite: bool = False, processes: int = 1) -> str:
     """Decide what to do with `run_dir` before a run: 'fresh', 'resume' or 'skip' (already done), from
     the config and the arithmetic resolved for this device ('bf16'/'fp32') alone: no data is read.
 
@@ -86,9 +87,11 @@ def prepare_run_dir(run_dir: Path, config: dict, arith: str, overwrite: bool = F
         return "fresh"
     old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     meta = read_meta(run_dir)
-    diff = run_diff(old, meta, config, arith)
+    diff = run_diff(old, meta, config, arith, processes)
     if diff and not overwrite:
         shown = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in list(diff.items())[:8])
+        if "optim.splits" in diff:
+            shown += " (BN chunks of a batch: optim.splits x data-parallel processes)"
         raise ResultsError(
             f"{run_dir} holds a run made with a different config ({shown}); rerun with overwrite=true "
             f"to move it aside and start fresh, or change results_dir"
@@ -146,7 +149,7 @@ def truncate_metrics(path: Path, last_step: int) -> int:
 
 
 def find_finished(results_root: Path, run_dir: Path, config: dict, arith: str,
-                  same_data: Callable[[dict, dict], bool]) -> Path | None:
+                  same_data: Callable[[dict, dict], bool], processes: int = 1) -> Path | None:
     """A finished run under `results_root` (another experiment's) that is this very run — no `run_diff`,
     data that `same_data(its_config, its_meta)` confirms is the same copy — and that kept what this config
     asks to keep (weights, Fig. 7's responses, the multi-crop evaluation). None when there is none."""
@@ -160,8 +163,8 @@ def find_finished(results_root: Path, run_dir: Path, config: dict, arith: str,
         old = yaml.safe_load(cfg_path.read_text()) or {}
         kept = {"model.pt": config.get("save_model"), "responses.csv": config.get("analyze_responses") and
                 config["model"]["family"] == "cifar10", "final.json": config.get("final_crops")}
-        if run_diff(old, meta, config, arith) or any(want and not (other / f).exists() for f, want in kept.items()) \
-                or not same_data(old, meta):
+        missing = any(want and not (other / f).exists() for f, want in kept.items())
+        if run_diff(old, meta, config, arith, processes) or missing or not same_data(old, meta):
             continue
         return other
     return None

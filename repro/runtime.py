@@ -2,7 +2,9 @@
 built, read or written (one clear error each, naming the value and the fix)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,6 +36,10 @@ def validate(cfg: DictConfig, world: int = 1) -> None:
     if o.schedule == "plateau" and not cfg.data.get("val_size"):
         raise ConfigError("optim.schedule=plateau decides the lr drops on held-out training images, never on the "
                           "reported test set: set data.val_size (e.g. 10000), or use optim.schedule=milestones")
+    if cfg.fast.get("compile") == "reduce-overhead" and o.splits > 1:
+        raise ConfigError(f"fast.compile=reduce-overhead with optim.splits={o.splits}: CUDA graphs replay one "
+                          f"captured forward, whose outputs the next chunk would overwrite before its backward; "
+                          f"use fast.compile=default with splits, or optim.splits=1")
     if o.batch_size % (world * o.splits):
         raise ConfigError(f"optim.batch_size={o.batch_size} must divide evenly over {world} process(es) "
                           f"x optim.splits={o.splits}")
@@ -45,9 +51,10 @@ def validate(cfg: DictConfig, world: int = 1) -> None:
         raise ConfigError(f"model: {e}") from None
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = 0) -> torch.device:
     """The torch device of this process: 'auto' = CUDA when present, else the CPU; 'cuda' without an index
-    = this rank's GPU (LOCAL_RANK under torchrun), made the current one; a bad name or index is a ConfigError."""
+    = this rank's GPU (LOCAL_RANK under torchrun; outside torchrun, `local_rank` None, the first GPU no other
+    run of ours holds: claim_gpu), made the current one; a bad name or index is a ConfigError."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -57,10 +64,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device={name} asked for, but CUDA is not available here; use device=auto or cpu")
-        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         count = torch.cuda.device_count()
+        if dev.index is None:
+            dev = torch.device("cuda", claim_gpu(count) if local_rank is None else local_rank)
         if dev.index >= count:
-            raise ConfigError(f"device={name} (rank {local_rank}): this machine has {count} GPU(s), cuda:0 to "
+            raise ConfigError(f"device={name} (rank {local_rank or 0}): this machine has {count} GPU(s), cuda:0 to "
                               f"cuda:{count - 1}; use device=auto (one GPU per torchrun process)")
         torch.cuda.set_device(dev)  # before the process group: NCCL binds each rank to its own GPU
     return dev
@@ -70,16 +78,78 @@ def distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; starts the process group with the backend
     of the resolved device (NCCL for CUDA, gloo for the CPU)."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
+    local = os.environ.get("LOCAL_RANK")  # unset outside torchrun: a sweep's runs spread over the GPUs
+    device = resolve_device(device_name, None if local is None else int(local))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
 
 
-def all_reduce(t: torch.Tensor) -> torch.Tensor:
+_held: list = []  # the lock file of the GPU this process claimed (kept open: the lock lasts as long)
+
+
+def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
+    """The first of `count` GPUs that no other process of ours holds, held (an flock on a file per GPU)
+    until this process ends or claims again: the runs of a sweep on one host (hydra/launcher=parallel,
+    `make cifar JOBS=N`) each get their own GPU. With more runs at once than GPUs, the extra ones share
+    (chosen by process id); under SLURM (one GPU visible per job) every job gets its own."""
+    import fcntl  # POSIX; imported here so that the module loads everywhere
+
+    lock_dir = lock_dir or Path(tempfile.gettempdir()) / f"repro-gpus-{os.getuid()}"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for f in _held:  # a joblib worker runs job after job: the previous job's GPU is free again
+        f.close()
+    _held.clear()
+    for i in range(count):
+        f = open(lock_dir / f"cuda{i}.lock", "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _held.append(f)
+        return i
+    return os.getpid() % count  # all held: share one
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """Numerics switches of this process. fp32 means fp32: TF32 off for convolutions and matmuls (torch
+    enables it for cuDNN convolutions by default; bf16 runs use autocast instead). `deterministic`: the same
+    kernels on every run, so a CUDA run resumes bit-exactly (README "Cluster"; it costs cuDNN's autotuning and
+    its fastest non-deterministic kernels); otherwise cuDNN picks the fastest kernel per shape (our shapes are
+    static: every training batch is full-sized). The CPU is deterministic either way."""
+    torch.use_deterministic_algorithms(deterministic)
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' condition for determinism
+
+
+def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     if dist.is_initialized():
-        dist.all_reduce(t)
+        dist.all_reduce(t, op)
     return t
+
+
+@contextlib.contextmanager
+def rank_zero_first(world: int):
+    """Rank 0 runs the block first (a download, an extraction), the other ranks after it: one download."""
+    if world > 1 and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if world > 1 and dist.get_rank() == 0:
+        dist.barrier()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's BN running statistics on every rank: what an evaluation measures is the model that is
+    saved (in training DDP broadcasts them before each forward, then each rank updates its own)."""
+    if dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b, 0)
 
 
 def broadcast(value, world: int):

@@ -10,9 +10,11 @@ sums are all-reduced, rank 0 alone writes results.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,24 +36,28 @@ from .protocol import data_copy, description, identity
 from .recorder import Recorder
 from .results import ResultsError
 from .rundir import atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run, truncate_metrics, update_meta
-from .runtime import ConfigError, all_reduce, broadcast, check_choices, distributed, validate
+from .runtime import (ConfigError, all_reduce, broadcast, check_choices, configure_backends, distributed,
+                      rank_zero_first, sync_buffers, validate)
 from .schedule import lr_at, plateau_step, uses_warmup
 from .sources import Source, load_source
 from .sweep import is_multirun, mark_failed
 
 USER_ERRORS = (ConfigError, DataError, ResultsError, FastConfigError)
+AGREE_EVERY = 10  # data-parallel: steps between the ranks' votes on a preemption signal (a stop within 10 steps)
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               sums: torch.Tensor, splits: int = 1) -> None:
+               sums: torch.Tensor, splits: int = 1, no_sync=None) -> None:
     """One SGD step on a batch, in `splits` chunks with their own BN statistics (as on `splits` GPUs,
     §4.2); adds the batch's [summed loss, errors, count] into the float64 device tensor `sums` of shape
-    (3,), or into every row of one of shape (windows, 3) (no host synchronisation)."""
+    (3,), or into every row of one of shape (windows, 3) (no host synchronisation). Under DDP, `no_sync`
+    (the wrapper's) keeps the gradients local until the last chunk: one all-reduce per step."""
     opt.zero_grad(set_to_none=True)
-    for xs, ys in zip(x.chunk(splits), y.chunk(splits)):
-        out = net(xs)
-        loss = F.cross_entropy(out.float(), ys)
-        (loss / splits).backward()
+    for i, (xs, ys) in enumerate(zip(x.chunk(splits), y.chunk(splits))):
+        with no_sync() if no_sync is not None and i < splits - 1 else contextlib.nullcontext():
+            out = net(xs)
+            loss = F.cross_entropy(out.float(), ys)
+            (loss / splits).backward()
         sums[..., 0] += loss.detach() * len(ys)
         sums[..., 1] += (out.detach().argmax(1) != ys).sum()
         sums[..., 2] += len(ys)
@@ -60,7 +66,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
 
 def evaluate(net: torch.nn.Module, src: Source, sums: torch.Tensor, step: int, lr: float, batch_size: int) -> dict:
     """One CSV row at `step`: the training window's mean loss and error (`sums`, all ranks) and each
-    evaluation split's, in eval mode."""
+    evaluation split's, in eval mode, of the model rank 0 saves."""
+    sync_buffers(net)
     loss_sum, err_sum, n = all_reduce(sums.clone()).tolist()
     row = {"step": step, "epoch": round(step * batch_size / src.train_size, 4), "lr": lr,
            "train_loss": loss_sum / n, "train_err": err_sum / n}
@@ -74,12 +81,26 @@ def evaluate(net: torch.nn.Module, src: Source, sums: torch.Tensor, step: int, l
 class Trainee:
     """The net being trained: `model` is the bare net (checkpoints, analyses), `net` the one evaluated (fast
     switches applied), `step_net` the one the training step calls (`net` under DDP when data-parallel,
-    compiled when fast.compile asks), `opt` its optimiser."""
+    compiled when fast.compile asks), `opt` its optimiser, `ddp` the DDP wrapper when data-parallel."""
 
     model: torch.nn.Module
     net: torch.nn.Module
     step_net: torch.nn.Module
     opt: torch.optim.Optimizer
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None
+
+
+def preempt_now(flag: SignalFlag, step: int, device: torch.device) -> bool:
+    """Whether to stop for a preemption signal after this step. Alone: as soon as one came. Data-parallel:
+    the ranks get the signal at different steps, and a rank that left alone would leave the others blocked in
+    a collective until its timeout, so every AGREE_EVERY steps they vote (the max of their flags) and all
+    stop at the same step."""
+    if not dist.is_initialized():
+        return flag.signum is not None
+    if step % AGREE_EVERY:
+        return False
+    vote = torch.tensor([int(flag.signum is not None)], device=device)
+    return bool(all_reduce(vote, dist.ReduceOp.MAX).item())
 
 
 def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder) -> str:
@@ -88,8 +109,11 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
     warm = uses_warmup(o, cfg.model.depth)
     device = next(t.model.parameters()).device
     # [loss*n, errors, n] over two windows train_step fills at once: since the last row (sums) and since the
-    # last warm-up check (wsums: errors, n; the warm-up window's loss is not used)
-    windows = torch.tensor([state.sums, [0.0, *state.wsums]], device=device, dtype=torch.float64)
+    # last warm-up check (wsums: errors, n; the warm-up window's loss is not used). A checkpoint holds the
+    # sums of all ranks together: rank 0 carries them on, the others start from zero.
+    carries = not dist.is_initialized() or dist.get_rank() == 0
+    windows = torch.tensor([state.sums, [0.0, *state.wsums]] if carries else [[0.0] * 3] * 2, device=device,
+                           dtype=torch.float64)
     sums, wsums = windows[0], windows[1, 1:]
     step_row, batches = state.step, src.batches(state.step)
     t.net.train()
@@ -99,7 +123,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
             lr = lr_at(state.step, o, warming_up, state.decays)
             for g in t.opt.param_groups:
                 g["lr"] = lr
-            train_step(t.step_net, t.opt, *next(batches), windows, o.splits)
+            train_step(t.step_net, t.opt, *next(batches), windows, o.splits, t.ddp and t.ddp.no_sync)
             state.step += 1
             if warming_up and state.step % o.warmup_check_every == 0:
                 # §4.2: "0.01 to warm up the training until the training error is below 80%"; never re-entered
@@ -121,14 +145,18 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
                     print(f"[{name}] held-out error plateaued: lr divided by {1 / o.gamma:g} (drop {state.decays})",
                           flush=True)
                 state.wall_time = rec.elapsed()
-                state.sums, state.wsums = [0.0, 0.0, 0.0], wsums.tolist()
+                state.sums, state.wsums = [0.0, 0.0, 0.0], all_reduce(wsums.clone()).tolist()
                 rec.checkpoint(t, state)
-            for fault in ("raise", "kill", "term"):
+            for fault in ("raise", "kill", "term", "term_launcher"):
                 fault_point(fault, state.step)
-            if flag.signum is not None:  # preemption: checkpoint mid-interval, then let the signal act
-                state.sums, state.wsums, state.wall_time = sums.tolist(), wsums.tolist(), rec.elapsed()
-                rec.preempted(t, state, flag.signum)
-                flag.pass_on(flag.signum)
+            if preempt_now(flag, state.step, device):  # checkpoint mid-interval, then let the signal act
+                signum = flag.signum or signal.SIGTERM  # a rank outvoted before its own signal came
+                state.sums, state.wsums = all_reduce(sums.clone()).tolist(), all_reduce(wsums.clone()).tolist()
+                state.wall_time = rec.elapsed()
+                rec.preempted(t, state, signum)
+                if dist.is_initialized():
+                    dist.barrier()  # no rank leaves before rank 0's checkpoint is on disk
+                flag.pass_on(signum)
     return "done"
 
 
@@ -158,8 +186,8 @@ def run(cfg: DictConfig) -> str:
     fast = resolve_fast(cfg.fast, device)
     run_dir, config = run_dir_for(cfg), OmegaConf.to_container(cfg, resolve=True)
     arith = "bf16" if fast.bf16 else "fp32"
-    mode = prepare_run_dir(run_dir, config, arith, cfg.overwrite) if rank == 0 else "fresh"
-    origin = find_finished(Path(cfg.results_dir), run_dir, config, arith, same_data(cfg)) \
+    mode = prepare_run_dir(run_dir, config, arith, cfg.overwrite, world) if rank == 0 else "fresh"
+    origin = find_finished(Path(cfg.results_dir), run_dir, config, arith, same_data(cfg), world) \
         if rank == 0 and mode == "fresh" and not cfg.overwrite else None
     if origin is not None:
         reuse_run(origin, run_dir, config)
@@ -174,7 +202,9 @@ def run(cfg: DictConfig) -> str:
         tune_cpu_allocator()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    src = load_source(cfg, device, rank, world)
+    configure_backends(device, cfg.get("deterministic", False))
+    with rank_zero_first(world):  # a missing data set is downloaded once, by rank 0
+        src = load_source(cfg, device, rank, world)
     torch.manual_seed(cfg.seed)  # He init from the seed: same seed, same net
     model = build_model(cfg.model.family, cfg.model.depth, cfg.model.shortcut, width=cfg.model.width,
                         num_classes=src.num_classes if cfg.model.family == "imagenet" else None)
@@ -188,7 +218,7 @@ def run(cfg: DictConfig) -> str:
         start_run_dir(cfg, run_dir, config, state, src, model, fast, world)
     ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else net
-    t = Trainee(model, net, fast.compiled(ddp), opt)
+    t = Trainee(model, net, fast.compiled(ddp), opt, ddp if world > 1 else None)
     out_dir = run_dir if rank == 0 else None
     rec = Recorder(out_dir, display_name(cfg.model.depth, cfg.model.shortcut), cfg.optim.total_steps,
                    cfg.optim.batch_size, "val" in src.splits, state.wall_time)
@@ -240,10 +270,13 @@ def start_run_dir(cfg: DictConfig, run_dir: Path, config: dict, state: State, sr
     device = next(model.parameters()).device
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({threads} thread{'s' if threads > 1 else ''})"
+    resolved = {"fast": vars(fast), "processes": world, **copy}  # what the protocol reads from meta.json
+    if state.step:  # resumed: config.yaml is the one it started with, and so stays its process count (run_diff
+        resolved.pop("processes")  # let it resume here only if the BN chunks, optim.splits x processes, agree)
     update_meta(run_dir, status="running", data=src.name, data_source=src.source, params=params,
                 device=where + (f" x {world} processes" if world > 1 else ""), torch=torch.__version__,
-                git_revision=rev, git_dirty=dirty, fast=vars(fast), total_steps=cfg.optim.total_steps,
-                start_time=now_iso(), scale=description(identity(config, {"fast": vars(fast), **copy})), **copy)
+                git_revision=rev, git_dirty=dirty, total_steps=cfg.optim.total_steps, start_time=now_iso(),
+                scale=description(identity(config, resolved)), **resolved)
     print(f"[train] {run_dir}: {cfg.model.family} depth {cfg.model.depth} shortcut {cfg.model.shortcut}, "
           f"{params:,} params, {cfg.optim.total_steps} steps of {cfg.optim.batch_size} on "
           f"{where}" + (f" x {world}" if world > 1 else ""), flush=True)

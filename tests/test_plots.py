@@ -311,3 +311,18 @@ def test_gaps_between_two_runs(tmp_path, capsys):
     assert main(["gaps", "--results", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "train_err: mean |gap| 0.0833, max 0.2000 over 3 evaluations" in capsys.readouterr().out
     assert main(["gaps", "--results", str(tmp_path / "a")]) == 2
+
+
+def test_data_parallel_processes_count_as_bn_chunks_in_the_protocol():
+    """Two processes of a batch of 128 train as one process with optim.splits=2 (BN over 64 each): one
+    protocol, labelled by its BN batch; the paper's single BN batch of 128 is another."""
+    from repro.protocol import identity, label
+    from repro.rundir import run_diff
+
+    config = {"data": {"name": "synthetic"}, "model": {"family": "cifar10"}, "optim": {"batch_size": 128, "splits": 1}}
+    split = {**config, "optim": {"batch_size": 128, "splits": 2}}
+    assert identity(config, {"processes": 2}) == identity(split, {}) != identity(config, {})
+    assert label(identity(config, {"processes": 2})) == "synthetic, BN over 64, arithmetic unrecorded"
+    meta = {"processes": 2, "fast": {"bf16": False}}
+    assert run_diff(config, meta, split, "fp32", processes=1) == {}  # may resume in one process with 2 splits
+    assert list(run_diff(config, meta, config, "fp32", processes=1)) == ["optim.splits"]  # not with one BN batch

@@ -1,4 +1,8 @@
-"""Device and backend resolution for every (device, LOCAL_RANK, CUDA present or not), CUDA faked."""
+"""Device and backend resolution for every (device, LOCAL_RANK, CUDA present or not), CUDA faked, and how
+the runs of a sweep on one host share its GPUs."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -52,3 +56,40 @@ def test_the_backend_follows_the_resolved_device(monkeypatch, fake_cuda, cuda, d
     rank, world, dev = runtime.distributed(device)
     assert (rank, world, started) == (1, 2, [backend])
     assert dev == (torch.device("cuda:1") if cuda and device == "auto" else torch.device("cpu"))
+
+
+def test_runs_outside_torchrun_each_claim_a_free_gpu(tmp_path):
+    """A sweep's runs on one host (joblib workers, each a process) take the GPUs one each; a run that ends
+    frees its GPU; with more runs than GPUs the extra ones share."""
+    claim = lambda: subprocess.Popen(  # noqa: E731  (a process that claims, says which, and holds it)
+        [sys.executable, "-c", f"import sys; from pathlib import Path; from repro.runtime import claim_gpu; "
+         f"print(claim_gpu(2, Path({str(tmp_path)!r})), flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    first, second = claim(), claim()
+    got = sorted(int(p.stdout.readline()) for p in (first, second))
+    assert got == [0, 1]
+    third = claim()
+    assert int(third.stdout.readline()) in (0, 1)  # all held: shares one
+    first.communicate("")
+    second.communicate("")
+    fourth = claim()
+    assert int(fourth.stdout.readline()) == 0  # freed when the runs ended
+    third.communicate("")
+    fourth.communicate("")
+
+
+def test_a_process_that_claims_again_frees_its_previous_gpu(tmp_path):
+    assert runtime.claim_gpu(3, tmp_path) == 0
+    assert runtime.claim_gpu(3, tmp_path) == 0  # the next job of the same joblib worker
+
+
+@pytest.mark.parametrize("local_rank", [None, "0", "1"])
+def test_index_less_cuda_is_the_torchrun_rank_or_a_claimed_gpu(fake_cuda, monkeypatch, local_rank):
+    monkeypatch.setattr(runtime, "claim_gpu", lambda count: 3)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert runtime.distributed("auto")[2] == torch.device(f"cuda:{3 if local_rank is None else local_rank}")
+    assert runtime.distributed("cuda:2")[2] == torch.device("cuda:2")  # an explicit index is kept

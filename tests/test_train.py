@@ -65,8 +65,9 @@ def test_a_real_tiny_run_writes_the_documented_csv(tmp_path, cifar_root):
 
 
 def test_same_seed_gives_the_same_csv_and_another_seed_does_not(tmp_path, generated_cifar):
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        run(compose(tiny_run_overrides(tmp_path / name, generated_cifar, f"seed={seed}", "model.shortcut=none")))
+    """(The deterministic switch runs, and changes nothing on the CPU.)"""
+    for name, seed, more in (("a", 0, []), ("b", 0, ["deterministic=true"]), ("c", 1, [])):
+        run(compose(tiny_run_overrides(tmp_path / name, generated_cifar, f"seed={seed}", "model.shortcut=none", *more)))
     load = lambda n, s: pd.read_csv(tmp_path / n / "t" / f"cifar10-plain-20-s{s}" / "metrics.csv").drop(columns="wall_time")  # noqa: E731
     pd.testing.assert_frame_equal(load("a", 0), load("b", 0), check_exact=True)
     assert not load("a", 0).equals(load("c", 1))
