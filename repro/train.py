@@ -123,7 +123,8 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
             lr = lr_at(state.step, o, warming_up, state.decays)
             for g in t.opt.param_groups:
                 g["lr"] = lr
-            train_step(t.step_net, t.opt, *next(batches), windows, o.splits, t.ddp and t.ddp.no_sync)
+            train_step(t.step_net, t.opt, *next(batches), windows, o.splits,
+                       t.ddp.no_sync if t.ddp is not None else None)
             state.step += 1
             if warming_up and state.step % o.warmup_check_every == 0:
                 # §4.2: "0.01 to warm up the training until the training error is below 80%"; never re-entered
@@ -271,12 +272,13 @@ def start_run_dir(cfg: DictConfig, run_dir: Path, config: dict, state: State, sr
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({threads} thread{'s' if threads > 1 else ''})"
     resolved = {"fast": vars(fast), "processes": world, **copy}  # what the protocol reads from meta.json
+    scale = description(identity(config, resolved))
     if state.step:  # resumed: config.yaml is the one it started with, and so stays its process count (run_diff
         resolved.pop("processes")  # let it resume here only if the BN chunks, optim.splits x processes, agree)
     update_meta(run_dir, status="running", data=src.name, data_source=src.source, params=params,
                 device=where + (f" x {world} processes" if world > 1 else ""), torch=torch.__version__,
                 git_revision=rev, git_dirty=dirty, total_steps=cfg.optim.total_steps, start_time=now_iso(),
-                scale=description(identity(config, resolved)), **resolved)
+                scale=scale, **resolved)
     print(f"[train] {run_dir}: {cfg.model.family} depth {cfg.model.depth} shortcut {cfg.model.shortcut}, "
           f"{params:,} params, {cfg.optim.total_steps} steps of {cfg.optim.batch_size} on "
           f"{where}" + (f" x {world}" if world > 1 else ""), flush=True)

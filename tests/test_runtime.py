@@ -59,28 +59,15 @@ def test_the_backend_follows_the_resolved_device(monkeypatch, fake_cuda, cuda, d
 
 
 def test_runs_outside_torchrun_each_claim_a_free_gpu(tmp_path):
-    """A sweep's runs on one host (joblib workers, each a process) take the GPUs one each; a run that ends
-    frees its GPU; with more runs than GPUs the extra ones share."""
-    claim = lambda: subprocess.Popen(  # noqa: E731  (a process that claims, says which, and holds it)
-        [sys.executable, "-c", f"import sys; from pathlib import Path; from repro.runtime import claim_gpu; "
-         f"print(claim_gpu(2, Path({str(tmp_path)!r})), flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    first, second = claim(), claim()
-    got = sorted(int(p.stdout.readline()) for p in (first, second))
-    assert got == [0, 1]
-    third = claim()
-    assert int(third.stdout.readline()) in (0, 1)  # all held: shares one
-    first.communicate("")
-    second.communicate("")
-    fourth = claim()
-    assert int(fourth.stdout.readline()) == 0  # freed when the runs ended
-    third.communicate("")
-    fourth.communicate("")
-
-
-def test_a_process_that_claims_again_frees_its_previous_gpu(tmp_path):
-    assert runtime.claim_gpu(3, tmp_path) == 0
-    assert runtime.claim_gpu(3, tmp_path) == 0  # the next job of the same joblib worker
+    """A sweep's runs on one host (joblib workers, each a process) take the GPUs one each, and a run that
+    ends frees its GPU."""
+    other_run = lambda: int(subprocess.run(  # noqa: E731  (another process: claims, says which, ends)
+        [sys.executable, "-c", f"from pathlib import Path; from repro.runtime import claim_gpu; "
+         f"print(claim_gpu(2, Path({str(tmp_path)!r})))"], capture_output=True, text=True, check=True).stdout)
+    assert runtime.claim_gpu(2, tmp_path) == 0  # this process holds GPU 0 ...
+    assert other_run() == 1  # ... so another run gets GPU 1
+    assert other_run() == 1  # which was freed when that run ended
+    assert runtime.claim_gpu(2, tmp_path) == 0  # the next job of a joblib worker: its previous GPU is free again
 
 
 @pytest.mark.parametrize("local_rank", [None, "0", "1"])
@@ -93,3 +80,18 @@ def test_index_less_cuda_is_the_torchrun_rank_or_a_claimed_gpu(fake_cuda, monkey
         monkeypatch.setenv("LOCAL_RANK", local_rank)
     assert runtime.distributed("auto")[2] == torch.device(f"cuda:{3 if local_rank is None else local_rank}")
     assert runtime.distributed("cuda:2")[2] == torch.device("cuda:2")  # an explicit index is kept
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_rank_0_downloads_first_and_the_others_wait(monkeypatch, rank):
+    """Rank 0 runs the block (a download) before its barrier, the other ranks after theirs: one download."""
+    events = []
+    monkeypatch.setattr(runtime.dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(runtime.dist, "barrier", lambda: events.append("barrier"))
+    with runtime.rank_zero_first(world=2):
+        events.append("load")
+    assert events == (["load", "barrier"] if rank == 0 else ["barrier", "load"])
+    events.clear()
+    with runtime.rank_zero_first(world=1):  # alone: no collective at all
+        events.append("load")
+    assert events == ["load"]
