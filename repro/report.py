@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from .names import display_name
-from .plots import (ARTEFACTS, SOURCES, Artefact, check_inputs, choose_protocol, data_kind, degradation, final_errors,
-                    fig7, markdown_table, protocol_order, render, runs_of, select)
+from .plots import (ARTEFACTS, SOURCES, check_inputs, choose_protocol, data_kind, degradation, fig7, render, runs_of,
+                    select)
 from .results import distinct_runs, final_rows, last_rows, read_responses, read_results
+from .tables import Artefact, final_errors, markdown_table, protocol_order
 from .verdicts import NOISE_FLOOR, Z, Verdict, verdict_table, verdicts
 
 
