@@ -34,7 +34,7 @@ from .models import build_model, count_params
 from .names import display_name, run_name
 from .protocol import data_copy, description, identity
 from .recorder import Recorder
-from .results import ResultsError
+from .results import ResultsError, read_meta
 from .rundir import atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run, truncate_metrics, update_meta
 from .runtime import (ConfigError, all_reduce, broadcast, check_choices, configure_backends, distributed,
                       rank_zero_first, sync_buffers, validate)
@@ -168,11 +168,15 @@ def run_dir_for(cfg: DictConfig) -> Path:
 
 
 def same_data(cfg: DictConfig):
-    """Whether another run's data (its config and meta) is this run's: the same folder, or the same md5s."""
+    """Whether another run's data (its config and meta) is this run's: for CIFAR-10 the same md5s where that
+    run recorded them (files replaced under the same folder are other data), else the same folder."""
+    here: dict = {}
+
     def check(old: dict, meta: dict) -> bool:
-        if Path(old["data"]["root"]).expanduser().resolve() == Path(cfg.data.root).expanduser().resolve():
-            return True
-        return cfg.data.name == "cifar10" and meta.get("data_md5") == cifar_fingerprint(cfg.data.root)
+        if cfg.data.name == "cifar10" and meta.get("data_md5"):
+            here.setdefault("md5", cifar_fingerprint(cfg.data.root))
+            return meta["data_md5"] == here["md5"]
+        return Path(old["data"]["root"]).expanduser().resolve() == Path(cfg.data.root).expanduser().resolve()
     return check
 
 
@@ -253,7 +257,14 @@ def run(cfg: DictConfig) -> str:
 def start_run_dir(cfg: DictConfig, run_dir: Path, config: dict, state: State, src: Source, model: torch.nn.Module,
                   fast, world: int) -> None:
     """Rank 0: the run folder ready to be written (rows after the checkpoint dropped, or a fresh config), and
-    meta.json saying what is running where, on which data and under which protocol."""
+    meta.json saying what is running where, on which data and under which protocol. A run is continued only
+    on the copy of the data it started on."""
+    md5 = src.tensors.md5 if src.tensors is not None else None  # from the bytes the loader read
+    started_on = read_meta(run_dir).get("data_md5")
+    if state.step and md5 and started_on and started_on != md5:
+        raise ResultsError(f"{run_dir} was started on CIFAR-10 ({data_copy(started_on)}), but {cfg.data.root} now "
+                           f"holds another copy ({data_copy(md5)}): a run is not continued on other data; point "
+                           f"data.root at the files it started on, or rerun with overwrite=true to start afresh")
     print(f"[data] {src.source}: {src.train_size} train / {src.test_size} test images", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     for tmp in run_dir.glob(".*.tmp"):  # half-written files of a process killed mid-write
@@ -265,7 +276,6 @@ def start_run_dir(cfg: DictConfig, run_dir: Path, config: dict, state: State, sr
         (run_dir / "metrics.csv").unlink(missing_ok=True)  # rows without a checkpoint cannot be continued
         atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)).encode())
     rev, dirty = git_revision()
-    md5 = src.tensors.md5 if src.tensors is not None else None  # from the bytes the loader read
     copy = {"data_md5": md5, "data_copy": data_copy(md5)} if md5 else {}
     threads, params = torch.get_num_threads(), count_params(model)
     device = next(model.parameters()).device

@@ -291,3 +291,38 @@ def test_split_steps_under_ddp_all_reduce_once():
     sums = torch.zeros(3, dtype=torch.float64)
     train_step(net, opt, torch.randn(8, 3, 32, 32), torch.arange(8) % 10, sums, splits=4, no_sync=no_sync)
     assert len(entered) == 3 and sums[2] == 8
+
+
+def test_a_run_is_not_resumed_on_other_data_put_in_its_folder(tmp_path, monkeypatch):
+    """The files under data.root replaced between a kill and the rerun: refused, naming both copies, and the
+    run folder left as it was (no rows dropped)."""
+    from repro.results import ResultsError
+    from conftest import tiny_run_overrides
+
+    data = tmp_path / "data"
+    write_cifar_folder(data, n_train=1000, n_test=500)
+    overrides = tiny_run_overrides(tmp_path / "res", data, "analyze_responses=false", "save_model=false")
+    monkeypatch.setenv("REPRO_FAULT", "raise:15")  # after the row and checkpoint of step 10
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run(compose(overrides))
+    monkeypatch.delenv("REPRO_FAULT")
+    write_cifar_folder(data, n_train=1000, n_test=500, seed=1)  # other images, same folder
+    (run_dir,) = (tmp_path / "res" / "t").iterdir()
+    before = (run_dir / "metrics.csv").read_bytes()
+    with pytest.raises(ResultsError, match=r"was started on CIFAR-10 \(copy \w{8}\), but .* now holds another "
+                                           r"copy \(copy \w{8}\).*overwrite=true"):
+        run(compose(overrides))
+    assert (run_dir / "metrics.csv").read_bytes() == before
+
+
+def test_a_finished_run_counts_as_the_same_data_by_its_md5s_not_its_folder(tmp_path):
+    from repro.data import cifar_fingerprint
+    from repro.train import same_data
+
+    data = tmp_path / "d"
+    write_cifar_folder(data)
+    check, old = same_data(compose(["exp=smoke", f"data.root={data}"])), {"data": {"root": str(data)}}
+    md5 = cifar_fingerprint(data)
+    assert check(old, {"data_md5": md5})
+    assert not check(old, {"data_md5": {**md5, "test_batch": "0" * 32}})  # other files once stood in this folder
+    assert check(old, {})  # an older run without md5s: the same folder is all there is to go by
