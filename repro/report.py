@@ -161,7 +161,8 @@ def write_report(root: Path, out: Path, explicit: list[Path] | None, ylim="paper
         doc.p("Protocol = every setting that can change a run's numbers (data and which copy of its files, sizes, "
               "width, every optimiser key, the BN batch (splits x data-parallel processes), bf16 or fp32 "
               "arithmetic, evaluation interval); 'paper' when none differs from §4.2 / §3.4. Runs of different "
-              "protocols are never pooled. Experiments read by default: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in SOURCES.items()) + ".")
+              "protocols are never pooled. Experiments read by default: "
+              + "; ".join(f"{k}: {', '.join(v)}" for k, v in SOURCES.items()) + ".")
         for art in arts:
             _add_artefact(doc, art)
         if skipped:
