@@ -91,6 +91,9 @@ def draw(ax, df: pd.DataFrame, nets: list[Net], columns: dict[str, dict], ylim, 
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3, which="both" if log else "major")
+    if not ax.lines and missing:  # an empty panel says why it is empty
+        ax.text(0.5, 0.5, "no runs yet:\n" + ", ".join(missing), transform=ax.transAxes, ha="center", va="center",
+                color="0.4", fontsize=9)
     if ax.lines:
         handles, labels = ax.get_legend_handles_labels()
         if len(columns) > 1:  # what the line styles mean, once
