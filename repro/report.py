@@ -102,12 +102,12 @@ def _add_verdicts(doc: Doc, df: pd.DataFrame, family: str, heading: str, floor: 
     """The four claims for every protocol of `df` (fewest deviations from the paper first), or for `protocol`;
     all 'not measured' when there are no runs."""
     doc.h(2, heading)
-    if df.empty:
-        vs = verdicts(df, family, "—", floor)
-    else:
-        keys = [k for k in protocol_order(df) if protocol is None or (df.protocol[df.protocol_key == k] == protocol).all()]
-        vs = [v for k in keys for v in verdicts(df[df.protocol_key == k], family, df.protocol[df.protocol_key == k].iloc[0],
-                                                floor)] or verdicts(df.iloc[0:0], family, protocol or "—", floor)
+    vs = []
+    for key in protocol_order(df) if not df.empty else []:
+        runs = df[df.protocol_key == key]
+        if protocol in (None, runs.protocol.iloc[0]):
+            vs += verdicts(runs, family, runs.protocol.iloc[0], floor)
+    vs = vs or verdicts(df.iloc[0:0], family, protocol or "—", floor)
     doc.p(f"Each claim is decided on the final training error of finished runs of one protocol: it holds when "
           f"the margin (in the paper's direction) exceeds {Z:g} standard errors, does not hold when it is beyond "
           f"{Z:g} standard errors the other way, and is inconclusive in between. The standard error comes from the "
