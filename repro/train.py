@@ -116,6 +116,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
                            dtype=torch.float64)
     sums, wsums = windows[0], windows[1, 1:]
     step_row, batches = state.step, src.batches(state.step)
+    no_sync = t.ddp.no_sync if t.ddp is not None else None  # DDP: split chunks all-reduce once per step
     t.net.train()
     with SignalFlag() as flag:
         while state.step < o.total_steps:
@@ -123,8 +124,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
             lr = lr_at(state.step, o, warming_up, state.decays)
             for g in t.opt.param_groups:
                 g["lr"] = lr
-            train_step(t.step_net, t.opt, *next(batches), windows, o.splits,
-                       t.ddp.no_sync if t.ddp is not None else None)
+            train_step(t.step_net, t.opt, *next(batches), windows, o.splits, no_sync)
             state.step += 1
             if warming_up and state.step % o.warmup_check_every == 0:
                 # §4.2: "0.01 to warm up the training until the training error is below 80%"; never re-entered
