@@ -1,0 +1,93 @@
+"""What only a GPU can show: the CUDA path of the training loop for real — bf16 autocast and channels_last as
+`fast=auto` picks them there, a bit-exact kill-and-resume with `deterministic=true` (README "GPUs and
+clusters"), the logged test error equal to the saved model's, a CUDA checkpoint resumed on the CPU, and a run
+under torchrun. They skip on a machine without CUDA (CI, this project's CPU machines); the README says
+where they last ran. Kill points are decided on progress (the fault hooks), never on the clock."""
+import os
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+from repro.results import read_meta
+from conftest import ROOT, compose, python
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+RUN = "cifar10-resnet-20-s0"
+ARGS = ["exp=smoke", "exp_name=r", "optim.total_steps=60", "eval_every=20", "analyze_responses=false",
+        "device=cuda"]
+
+
+def go(results, cifar, *extra, fault=None, torchrun=False):
+    launcher = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if torchrun else [python()]
+    env = {k: v for k, v in os.environ.items() if k != "REPRO_FAULT"}
+    if fault:
+        env["REPRO_FAULT"] = fault
+    p = subprocess.run([*launcher, "-m", "repro.train", *ARGS, f"results_dir={results}", f"data.root={cifar}", *extra],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    return p
+
+
+def metrics(results):
+    return pd.read_csv(results / "r" / RUN / "metrics.csv").drop(columns="wall_time")
+
+
+@pytest.fixture(scope="module")
+def deterministic_run(tmp_path_factory, generated_cifar):
+    results = tmp_path_factory.mktemp("cuda")
+    p = go(results, generated_cifar, "deterministic=true")
+    assert p.returncode == 0, p.stderr[-2000:]
+    return results
+
+
+def test_a_cuda_run_uses_the_fast_path_and_logs_finite_falling_curves(deterministic_run):
+    meta = read_meta(deterministic_run / "r" / RUN)
+    assert meta["status"] == "done" and meta["device"] == torch.cuda.get_device_name(0)
+    assert meta["fast"]["bf16"] is True and meta["fast"]["channels_last"] is True  # fast=auto on a bf16 GPU
+    m = metrics(deterministic_run)
+    assert list(m.step) == [20, 40, 60] and m.notna().all().all()
+    assert m.train_loss.iloc[-1] < m.train_loss.iloc[0]
+
+
+def test_the_logged_test_error_is_the_saved_models(deterministic_run, generated_cifar):
+    from repro.models import build_model
+    from repro.sources import load_source
+
+    device = torch.device("cuda")
+    model = build_model("cifar10", 20, "A").to(device)
+    model.load_state_dict(torch.load(deterministic_run / "r" / RUN / "model.pt", weights_only=True))
+    cfg = compose([*ARGS, f"data.root={generated_cifar}"])
+    loss, errs, n = load_source(cfg, device).splits["test"](model).tolist()
+    last = metrics(deterministic_run).iloc[-1]
+    assert n == 500 and errs / n == pytest.approx(last.test_err, abs=2 / n)  # bf16: a borderline image may flip
+    assert loss / n == pytest.approx(last.test_loss, rel=1e-2)
+
+
+@pytest.mark.parametrize("fault", ["kill:33", "term:27"])
+def test_deterministic_cuda_run_killed_then_resumed_gives_the_identical_csv(tmp_path, generated_cifar,
+                                                                           deterministic_run, fault):
+    p = go(tmp_path, generated_cifar, "deterministic=true", fault=fault)
+    assert p.returncode != 0
+    again = go(tmp_path, generated_cifar, "deterministic=true")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout
+    pd.testing.assert_frame_equal(metrics(tmp_path), metrics(deterministic_run), check_exact=True)
+
+
+def test_a_run_preempted_on_the_gpu_finishes_on_the_cpu(tmp_path, generated_cifar):
+    """The checkpoint holds CPU tensors: a cluster job cut off on a GPU can be finished anywhere."""
+    p = go(tmp_path, generated_cifar, fault="term:27")
+    assert read_meta(tmp_path / "r" / RUN)["status"] == "preempted", p.stderr[-2000:]
+    again = go(tmp_path, generated_cifar, "device=cpu", "threads=2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout and list(metrics(tmp_path).step) == [20, 40, 60]
+
+
+def test_a_run_under_torchrun_trains_on_its_local_rank_gpu(tmp_path, generated_cifar):
+    """One process (this machine has one GPU: NCCL refuses two ranks on one device, so DDP over NCCL needs two)."""
+    p = go(tmp_path, generated_cifar, torchrun=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    meta = read_meta(tmp_path / "r" / RUN)
+    assert meta["status"] == "done" and meta["processes"] == 1
