@@ -198,14 +198,15 @@ def final_errors(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
             rows.append({"net": display_name(depth, sc), "protocol": runs.protocol.iloc[0], "runs": len(runs),
                          "steps": int(runs.step.max()), "train_mean": tr["mean"], "train_std": tr["std"],
                          "test_mean": te["mean"], "test_std": te["std"],
-                         "train_hours": runs.wall_time.astype(float).mean() / 3600})
+                         "train_hours": runs.wall_time.astype(float).mean() / 3600,
+                         "device": ", ".join(sorted(set(runs.device)))})  # a training time means nothing without it
     table = pd.DataFrame(rows, columns=["net", "protocol", "runs", "steps", "train_mean", "train_std", "test_mean",
-                                        "test_std", "train_hours"])
+                                        "test_std", "train_hours", "device"])
     pm = lambda m, s: _num(m) + ("" if pd.isna(s) else f" ± {s:.2f}")  # noqa: E731
     shown = pd.DataFrame({"net": table.net, "protocol": table.protocol, "runs": table.runs, "steps": table.steps,
                           "final train error (%)": [pm(m, s) for m, s in zip(table.train_mean, table.train_std)],
                           "final test error (%)": [pm(m, s) for m, s in zip(table.test_mean, table.test_std)],
-                          "training time (h)": table.train_hours.map(lambda h: _num(h))})
+                          "training time (h)": table.train_hours.map(lambda h: _num(h)), "device": table.device})
     a = Artefact("final_errors", "Final errors", save_table(table, out, "final_errors", shown), table=shown)
     a.caption = caption([], "Finished runs only. Training error: mean over the mini-batches of the last evaluation "
                              "interval. Test error: last evaluation.", scope)

@@ -104,6 +104,17 @@ def test_final_means_the_last_evaluation_not_the_best(tmp_path):
     assert pd.read_csv(tmp_path / "p" / "table6.csv").set_index("net").loc["ResNet-20", "mean"] == pytest.approx(10.0)
 
 
+def test_final_errors_name_the_device_beside_the_training_time(tmp_path):
+    """A reference set may mix devices (ResNet-110 of fig6_short ran on a GPU): an hour means nothing without one."""
+    from repro.tables import final_errors
+
+    make_run(tmp_path / "r", "x", 20, "A")
+    make_run(tmp_path / "r", "x", 110, "A", meta={"device": "NVIDIA H200"})
+    table = final_errors(read_results(tmp_path / "r"), tmp_path / "p").table.set_index("net")
+    assert table.loc["ResNet-20", "device"] == "cpu" and table.loc["ResNet-110", "device"] == "NVIDIA H200"
+    assert (tmp_path / "p" / "final_errors.md").read_text().splitlines()[0].endswith("| device |")
+
+
 def _verdicts(df, floor=1.5):
     return {v.claim: v for v in verdicts(df, "cifar10", df.protocol.iloc[0], floor)}
 
