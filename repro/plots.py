@@ -86,8 +86,11 @@ def draw(ax, df: pd.DataFrame, nets: list[Net], columns: dict[str, dict], ylim, 
             missing.append(display_name(*net))
     ax.set_xlabel("iter. (1e4)" if unit == 1e4 else "iter.")
     ax.set_ylabel("error (%)" + (", log scale" if log else ""))
-    if log:
+    if log:  # ticks at 1, 2, 5 x 10^k written as plain numbers, as the paper's log panel
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3, which="both" if log else "major")
@@ -135,7 +138,7 @@ def fig6(df: pd.DataFrame, out: Path, ylim=(0, 20), scope: str = "") -> Artefact
     The right panel's training errors end near 0 (1202: < 0.1%, §4.2), so its axis is logarithmic."""
     panels = [[(d, "none") for d in (20, 32, 44, 56)], [(d, "A") for d in (20, 32, 44, 56, 110)],
               [(110, "A"), (1202, "A")]]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), constrained_layout=True)  # the log panel's label clears
     axes[1].sharey(axes[0])  # plain and residual nets on one scale, also when the axis is automatic
     missing = []
     for i, (ax, nets) in enumerate(zip(axes, panels)):
