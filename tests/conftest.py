@@ -74,3 +74,17 @@ def tiny_run_overrides(results: Path, cifar: Path, *extra: str) -> list[str]:
 
 def python() -> str:
     return sys.executable
+
+
+def train_process(args: list[str], fault: str | None = None, nproc: int | None = None, env: dict | None = None):
+    """`python -m repro.train ARGS` run to its end (under torchrun with `nproc` processes when given), with the
+    fault hook REPRO_FAULT set to `fault` or unset."""
+    import os
+    import subprocess
+
+    launcher = [python(), "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [python()]
+    full_env = {k: v for k, v in os.environ.items() if k != "REPRO_FAULT"} | (env or {})
+    if fault:
+        full_env["REPRO_FAULT"] = fault
+    return subprocess.run([*launcher, "-m", "repro.train", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=full_env)

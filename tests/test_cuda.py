@@ -3,15 +3,13 @@
 clusters"), the logged test error equal to the saved model's, a CUDA checkpoint resumed on the CPU, and a run
 under torchrun. They skip on a machine without CUDA (CI, this project's CPU machines); the README says
 where they last ran. Kill points are decided on progress (the fault hooks), never on the clock."""
-import os
-import subprocess
 
 import pandas as pd
 import pytest
 import torch
 
 from repro.results import read_meta
-from conftest import ROOT, compose, python
+from conftest import compose, train_process
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -21,13 +19,7 @@ ARGS = ["exp=smoke", "exp_name=r", "optim.total_steps=60", "eval_every=20", "ana
 
 
 def go(results, cifar, *extra, fault=None, torchrun=False):
-    launcher = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if torchrun else [python()]
-    env = {k: v for k, v in os.environ.items() if k != "REPRO_FAULT"}
-    if fault:
-        env["REPRO_FAULT"] = fault
-    p = subprocess.run([*launcher, "-m", "repro.train", *ARGS, f"results_dir={results}", f"data.root={cifar}", *extra],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    return p
+    return train_process([*ARGS, f"results_dir={results}", f"data.root={cifar}", *extra], fault, 1 if torchrun else None)
 
 
 def metrics(results):

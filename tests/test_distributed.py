@@ -1,17 +1,14 @@
 """Data-parallel runs for real: two gloo processes on the CPU under torchrun, killed, preempted and resumed.
 Every kill point is decided on progress (the fault hooks at a step), never on the clock. Slow (each run
 starts two processes): `make test-all` runs them, `make test` does not."""
-import os
 import random
-import signal
-import subprocess
 
 import pandas as pd
 import pytest
 
 from repro.results import read_meta
 from repro.train import AGREE_EVERY
-from conftest import ROOT, python
+from conftest import train_process
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +19,8 @@ ARGS = ["exp=smoke", "exp_name=r", "optim.total_steps=60", "eval_every=20", "sav
 
 
 def go(results, cifar, *extra, nproc=2, fault=None):
-    cmd = [python(), "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "repro.train"] \
-        if nproc else [python(), "-m", "repro.train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("REPRO_FAULT", None)
-    if fault:
-        env["REPRO_FAULT"] = fault
-    return subprocess.run([*cmd, *ARGS, f"results_dir={results}", f"data.root={cifar}", *extra], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env=env)
+    return train_process([*ARGS, f"results_dir={results}", f"data.root={cifar}", *extra], fault, nproc,
+                         env={"OMP_NUM_THREADS": "1"})
 
 
 def metrics(results):
