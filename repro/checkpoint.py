@@ -22,6 +22,7 @@ class State:
 
     step: int = 0
     warmup_done: bool = False
+    warmup_exit_step: int | None = None  # the step at which the warm-up ended (§4.2, ResNet-110); None: not yet
     wall_time: float = 0.0  # training seconds before this process started
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss*n, errors, n since last row
     wsums: list[float] = field(default_factory=lambda: [0.0, 0.0])  # warm-up window: errors, n

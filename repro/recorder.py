@@ -34,6 +34,11 @@ class Recorder:
                   flush=True)
         self.t_row = now
 
+    def note(self, **fields) -> None:
+        """Facts of the run learned while training (the warm-up's exit step) into meta.json."""
+        if self.dir:
+            update_meta(self.dir, **fields)
+
     def elapsed(self) -> float:
         """Training seconds so far (summed over resumes); restarts the interval."""
         now = time.perf_counter()

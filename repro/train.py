@@ -131,7 +131,8 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
                 errs, n = all_reduce(wsums.clone()).tolist()
                 wsums.zero_()
                 if errs / n < o.warmup_until_err:
-                    state.warmup_done = True
+                    state.warmup_done, state.warmup_exit_step = True, state.step
+                    rec.note(warmup_exit_step=state.step)
                     print(f"[{name}] warm-up done at step {state.step} (train_err {errs / n:.3f} < "
                           f"{o.warmup_until_err}): lr back to the schedule's {lr_at(state.step, o, False, state.decays)}",
                           flush=True)
@@ -285,10 +286,11 @@ def start_run_dir(cfg: DictConfig, run_dir: Path, config: dict, state: State, sr
     scale = description(identity(config, resolved))
     if state.step:  # resumed: config.yaml is the one it started with, and so stays its process count (run_diff
         resolved.pop("processes")  # let it resume here only if the BN chunks, optim.splits x processes, agree)
+    warm = {"warmup_exit_step": state.warmup_exit_step} if uses_warmup(cfg.optim, cfg.model.depth) else {}
     update_meta(run_dir, status="running", data=src.name, data_source=src.source, params=params,
                 device=where + (f" x {world} processes" if world > 1 else ""), torch=torch.__version__,
                 git_revision=rev, git_dirty=dirty, total_steps=cfg.optim.total_steps, start_time=now_iso(),
-                scale=scale, **resolved)
+                scale=scale, **warm, **resolved)
     print(f"[train] {run_dir}: {cfg.model.family} depth {cfg.model.depth} shortcut {cfg.model.shortcut}, "
           f"{params:,} params, {cfg.optim.total_steps} steps of {cfg.optim.batch_size} on "
           f"{where}" + (f" x {world}" if world > 1 else ""), flush=True)
