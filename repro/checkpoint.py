@@ -35,16 +35,18 @@ def fault_point(name: str, step: int) -> None:
     """Fault injection for the reliability tests: REPRO_FAULT=<name>:<step> kills this process with
     SIGKILL when the loop reaches that point ('kill': the end of any step; 'term' sends SIGTERM there, as a
     scheduler would; 'term_launcher': rank 0 sends SIGTERM to its parent, torchrun, as SLURM signals the job
-    step, which hands it on to every rank; 'raise' raises).
+    step, which hands it on to every rank; 'kill_launcher': rank 0 SIGKILLs torchrun alone, as an
+    out-of-memory kill or a closed terminal does; 'stop': SIGSTOP, a peer alive but stalled; 'raise' raises). REPRO_FAULT_RANK=<r>: only rank r acts.
     Unset in normal use."""
-    if os.environ.get("REPRO_FAULT") == f"{name}:{step}":
+    if os.environ.get("REPRO_FAULT") == f"{name}:{step}" and os.environ.get("REPRO_FAULT_RANK",
+                                                                             os.environ.get("RANK", "0")) == os.environ.get("RANK", "0"):
         if name == "raise":
             raise RuntimeError(f"injected failure at step {step}")
-        if name == "term_launcher":
+        if name in ("term_launcher", "kill_launcher"):
             if os.environ.get("RANK", "0") == "0":
-                os.kill(os.getppid(), signal.SIGTERM)
+                os.kill(os.getppid(), signal.SIGTERM if name == "term_launcher" else signal.SIGKILL)
             return
-        os.kill(os.getpid(), signal.SIGTERM if name == "term" else signal.SIGKILL)
+        os.kill(os.getpid(), {"term": signal.SIGTERM, "stop": signal.SIGSTOP}.get(name, signal.SIGKILL))
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: State) -> None:
@@ -55,9 +57,12 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     atomic_write(path, buf.getvalue(), before_replace=lambda: fault_point("checkpoint", state.step))
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> State:
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, data: bytes | None = None) -> State:
+    """The state of `path` (or of `data`, its bytes as rank 0 read them: every rank of a data-parallel run
+    resumes from the one file rank 0 saw, even if it is replaced meanwhile) into `model` and `opt`."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)  # safe: tensors and plain data only
+        ck = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu",
+                        weights_only=True)  # safe: tensors and plain data only
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         follow_params(opt)

@@ -21,7 +21,8 @@ from typing import Any
 # Keys a resolved config has that never change a run's numbers (the net and the seed are kept apart).
 NOT_PROTOCOL = {"exp_name", "seed", "device", "deterministic", "threads", "results_dir", "overwrite", "save_model",
                 "final_crops", "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download",
-                "data.url", "data.fallback", "data.workers", "data.eval_batch_size", "data.format"}
+                "data.url", "data.fallback", "data.workers", "data.eval_batch_size", "data.format", "lock_wait_s",
+                "dist_timeout_s"}
 # Keys added to the config over time, with the value older run folders were made with.
 ADDED_LATER = {"optim.splits": 1, "optim.schedule": "milestones", "data.val_size": 0, "data.train_size": 0,
                "data.test_size": 0}

@@ -2,12 +2,16 @@
 fresh, to resume or done; atomic files; the metrics CSV writer; metadata; the code's git revision."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,6 +35,93 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself on disk: a power cut cannot undo it
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename, a new or removed file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunBusy(ResultsError):
+    """The run folder is held by another live process (one owner per run folder)."""
+
+
+class RunLock:
+    """One owner per run folder: an exclusive flock on `results/<exp>/.<run>.lock`, beside the folder (so it
+    survives the folder being moved aside), held by the process that trains the run for the run's life. It is
+    an OS lock: it dies with its process (kill -9 included), so there is never a stale lock to delete by hand;
+    the file says who holds it (pid, host, since when). `acquire` waits up to `wait_s` seconds for a holder to
+    let go (a killed launcher's workers checkpointing on their way out, a run started twice) and then raises
+    RunBusy naming the holder."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir.parent / f".{run_dir.name}.lock"
+        self.run_dir = run_dir
+        self._fd: int | None = None
+        self._made: list[Path] = []
+
+    def _try(self) -> bool:
+        import fcntl  # POSIX; imported here so that the module loads everywhere
+
+        if not self.path.parent.exists():  # folders made for the lock alone are removed with it, if left empty
+            missing = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._made = [d for d in missing if d not in self._made] + self._made
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        try:  # the file may have been released (unlinked) between our open and our lock: then try again
+            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return False
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        try:
+            h = json.loads(self.path.read_text() or "{}")
+            return f"pid {h['pid']} on {h['host']} since {h['since']}"
+        except (OSError, ValueError, KeyError):
+            return "another process"
+
+    def acquire(self, wait_s: float, poll_s: float = 0.5) -> "RunLock":
+        if self._try():
+            return self
+        holder = self.holder()
+        print(f"[results] {self.run_dir} is being trained by {holder}; waiting up to {wait_s:g} s for it to "
+              f"finish or stop", flush=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            if self._try():
+                print(f"[results] {self.run_dir}: {holder} let go of it", flush=True)
+                return self
+        raise RunBusy(f"{self.run_dir} is being trained by {self.holder()} (lock {self.path}); let it finish "
+                      f"(rerun then: a finished run is skipped) or stop that process, then rerun the same command")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # unlink first, then close: a waiter re-checks the inode
+            os.close(self._fd)
+            self._fd = None
+            for folder in self._made:  # innermost first: nothing was computed, so results/ is as it was
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            self._made = []
 
 
 def update_meta(run_dir: Path, **fields: Any) -> dict:
@@ -102,6 +193,7 @@ def prepare_run_dir(run_dir: Path, config: dict, arith: str, overwrite: bool = F
             n += 1
         aside = run_dir.with_name(f"{run_dir.name}.old-{n}")
         shutil.move(str(run_dir), str(aside))
+        fsync_dir(run_dir.parent)
         print(f"[results] moved the previous {run_dir} aside to {aside}", flush=True)
         return "fresh"
     return "skip" if meta.get("status") == "done" else "resume"
@@ -119,6 +211,7 @@ class MetricsWriter:
         if new:
             self._w.writeheader()
             self._sync()
+            fsync_dir(path.parent)
 
     def write(self, row: dict) -> None:
         self._w.writerow({k: row[k] for k in self.columns})

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -74,15 +77,40 @@ def resolve_device(name: str, local_rank: int | None = 0) -> torch.device:
     return dev
 
 
-def distributed(device_name: str) -> tuple[int, int, torch.device]:
+def distributed(device_name: str, timeout_s: float = 600) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; starts the process group with the backend
-    of the resolved device (NCCL for CUDA, gloo for the CPU)."""
+    of the resolved device (NCCL for CUDA, gloo for the CPU). A collective that has not completed after
+    `timeout_s` seconds (a peer lost or stalled) raises instead of waiting for ever; under torchrun this
+    process also stops when its launcher dies (die_with_launcher)."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     local = os.environ.get("LOCAL_RANK")  # unset outside torchrun: a sweep's runs spread over the GPUs
+    if local is not None:
+        die_with_launcher()
     device = resolve_device(device_name, None if local is None else int(local))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return rank, world, device
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_launcher() -> bool:
+    """Ask the kernel for SIGTERM when our parent (torchrun, which starts its workers in sessions of their own,
+    so a kill of its process group misses them) dies: the loop treats it as a preemption — checkpoint at a step
+    all ranks agree on, then exit — instead of training on unsupervised. Linux only; False elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getppid()
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 _held: list = []  # the lock file of the GPU this process claimed (kept open: the lock lasts as long)

@@ -35,7 +35,8 @@ from .names import display_name, run_name
 from .protocol import data_copy, description, identity
 from .recorder import Recorder
 from .results import ResultsError, read_meta
-from .rundir import atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run, truncate_metrics, update_meta
+from .rundir import (RunBusy, RunLock, atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run,
+                     truncate_metrics, update_meta)
 from .runtime import (ConfigError, all_reduce, broadcast, check_choices, configure_backends, distributed,
                       rank_zero_first, sync_buffers, validate)
 from .schedule import lr_at, plateau_step, uses_warmup
@@ -43,6 +44,10 @@ from .sources import Source, load_source
 from .sweep import is_multirun, mark_failed
 
 USER_ERRORS = (ConfigError, DataError, ResultsError, FastConfigError)
+
+
+class PeerLost(Exception):
+    """A data-parallel run lost a peer (a rank killed, a collective past dist_timeout_s): one line, exit 1."""
 AGREE_EVERY = 10  # data-parallel: steps between the ranks' votes on a preemption signal (a stop within 10 steps)
 
 
@@ -149,7 +154,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
                 state.wall_time = rec.elapsed()
                 state.sums, state.wsums = [0.0, 0.0, 0.0], all_reduce(wsums.clone()).tolist()
                 rec.checkpoint(t, state)
-            for fault in ("raise", "kill", "term", "term_launcher"):
+            for fault in ("raise", "kill", "term", "stop", "term_launcher", "kill_launcher"):
                 fault_point(fault, state.step)
             if preempt_now(flag, state.step, device):  # checkpoint mid-interval, then let the signal act
                 signum = flag.signum or signal.SIGTERM  # a rank outvoted before its own signal came
@@ -186,11 +191,32 @@ def now_iso() -> str:
 
 
 def run(cfg: DictConfig) -> str:
-    """One run, in one direction (module docstring); returns its status."""
+    """One run, in one direction (module docstring); returns its status. The process that trains it (rank 0
+    under DDP) owns its folder for the run's life (RunLock): a second start of the same run waits up to
+    lock_wait_s for the first to let go, then goes on (skips a finished run, resumes an interrupted one) or
+    refuses naming the holder."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    rank, world, device = distributed(cfg.device)
+    rank, world, device = distributed(cfg.device, cfg.dist_timeout_s)
+    run_dir = run_dir_for(cfg)
+    lock, busy = RunLock(run_dir) if rank == 0 else None, None
+    if lock is not None:
+        try:
+            lock.acquire(cfg.lock_wait_s)
+        except RunBusy as e:
+            busy = str(e)
+    if (busy := broadcast(busy, world)) is not None:
+        raise RunBusy(busy)
+    try:
+        return run_owned(cfg, rank, world, device, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_owned(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir: Path) -> str:
+    """The run whose folder this process group owns."""
     fast = resolve_fast(cfg.fast, device)
-    run_dir, config = run_dir_for(cfg), OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
     arith = "bf16" if fast.bf16 else "fp32"
     mode = prepare_run_dir(run_dir, config, arith, cfg.overwrite, world) if rank == 0 else "fresh"
     origin = find_finished(Path(cfg.results_dir), run_dir, config, arith, same_data(cfg), world) \
@@ -218,8 +244,11 @@ def run(cfg: DictConfig) -> str:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,  # §3.4, §4.2
                           weight_decay=cfg.optim.weight_decay, fused=fast.fused_sgd)
     state = State()
-    if mode == "resume" and (run_dir / "checkpoint.pt").exists():
-        state = load_checkpoint(run_dir / "checkpoint.pt", model, opt)
+    # rank 0 reads the checkpoint and every rank resumes from those bytes: all start from one state
+    saved = (run_dir / "checkpoint.pt").read_bytes() if rank == 0 and mode == "resume" and \
+        (run_dir / "checkpoint.pt").exists() else None
+    if (saved := broadcast(saved, world)) is not None:
+        state = load_checkpoint(run_dir / "checkpoint.pt", model, opt, saved)
     if rank == 0:
         start_run_dir(cfg, run_dir, config, state, src, model, fast, world)
     ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -243,6 +272,10 @@ def run(cfg: DictConfig) -> str:
     except Exception as e:
         if out_dir:
             update_meta(run_dir, status="failed", error=f"{type(e).__name__}: {e}", end_time=now_iso())
+        if world > 1 and isinstance(e, (dist.DistError, RuntimeError)):
+            raise PeerLost(f"{run_dir}: a data-parallel peer was lost or stalled at step {state.step} "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the run is marked "
+                           f"failed, its checkpoint kept: rerun the same command to resume it") from e
         raise
     if out_dir:
         if status == "done":
@@ -303,12 +336,12 @@ def main(cfg: DictConfig) -> str:
     multirun = is_multirun()
     try:
         return run(cfg)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, PeerLost) as e:  # one line: bad input exits 2, a lost data-parallel peer 1
         print(f"error: {e}", file=sys.stderr, flush=True)
         if not multirun:
-            sys.exit(2)
+            sys.exit(1 if isinstance(e, PeerLost) else 2)
         mark_failed(str(e))
-        return "error"
+        return "failed" if isinstance(e, PeerLost) else "error"
     except Exception as e:
         if not multirun:
             raise

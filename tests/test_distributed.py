@@ -112,3 +112,93 @@ def test_a_two_process_run_resumes_in_one_process_with_the_same_bn_chunks(tmp_pa
     assert read_meta(tmp_path / "r" / RUN)["processes"] == 2  # the run's protocol stays the one it started with
     cols = ["step", "epoch", "lr", "train_loss", "train_err"]
     pd.testing.assert_frame_equal(metrics(tmp_path)[cols], uninterrupted[cols], check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def start(results, cifar, *extra, fault=None, fault_rank=None, tag="first"):
+    """The two-process run in the background, its processes marked by REPRO_TEST_TAG=<tag>."""
+    import os
+    import subprocess
+
+    from conftest import ROOT, python
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_FAULT")}
+    env |= {"OMP_NUM_THREADS": "1", "REPRO_TEST_TAG": tag} | ({"REPRO_FAULT": fault} if fault else {}) | \
+        ({"REPRO_FAULT_RANK": str(fault_rank)} if fault_rank is not None else {})
+    cmd = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "repro.train", *ARGS,
+           f"results_dir={results}", f"data.root={cifar}", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def tagged(tag: str) -> list[int]:
+    """Live processes started with REPRO_TEST_TAG=<tag>."""
+    from pathlib import Path
+
+    pids = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"REPRO_TEST_TAG={tag}".encode() in (p / "environ").read_bytes().split(b"\0"):
+                state = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                pids.append(int(p.name)) if state != "Z" else None
+        except OSError:
+            continue
+    return pids
+
+
+def test_the_launcher_killed_alone_leaves_no_orphans_and_the_rerun_completes_the_run(tmp_path, generated_cifar,
+                                                                                    uninterrupted):
+    """torchrun SIGKILLed right after the first checkpoint: its workers (in sessions of their own) get SIGTERM
+    from the kernel as their parent dies, stop at one voted step with a checkpoint; the same command at once
+    waits for them to let go of the folder and resumes — every row once, no hang, no process of the first
+    launch left."""
+    first = start(tmp_path, generated_cifar, fault="kill_launcher:20", tag="k1")
+    first.communicate(timeout=300)
+    assert first.returncode == -9
+    again = go(tmp_path, generated_cifar)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout
+    pd.testing.assert_frame_equal(metrics(tmp_path), uninterrupted, check_exact=True)
+    assert tagged("k1") == []
+    assert read_meta(tmp_path / "r" / RUN)["status"] == "done"
+
+
+def test_the_same_two_process_run_started_twice_at_once_trains_once(tmp_path, generated_cifar, uninterrupted):
+    """The first launch's rank 0 is held (SIGSTOP at step 5) until the second launch's rank 0 says it waits for
+    it; then both end, the second skipping the finished run, and the CSV has every row once."""
+    import json
+    import os
+    import signal
+
+    from test_reliability import stopped, wait_for
+
+    first = start(tmp_path, generated_cifar, fault="stop:5", fault_rank=0, tag="t1")
+    lock = tmp_path / "r" / f".{RUN}.lock"
+    wait_for(lambda: lock.exists() and lock.read_text() and stopped(json.loads(lock.read_text())["pid"]),
+             "the first launch's rank 0 stopped at step 5", first)
+    holder = json.loads(lock.read_text())["pid"]
+    second = start(tmp_path, generated_cifar, "lock_wait_s=600", tag="t2")
+    lines = []
+    wait_for(lambda: lines.append(second.stdout.readline()) or "is being trained by" in lines[-1],
+             "the second launch waiting", second)
+    assert f"pid {holder}" in lines[-1]
+    os.kill(holder, signal.SIGCONT)
+    out, err = second.communicate(timeout=300)
+    first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err[-2000:]
+    assert "is done; skipping" in out and "[ResNet-20] step" not in out
+    pd.testing.assert_frame_equal(metrics(tmp_path), uninterrupted, check_exact=True)
+
+
+@pytest.mark.parametrize("fault", ["kill:25", "stop:25"])
+def test_a_rank_whose_peer_is_lost_ends_with_a_clear_error_and_the_rerun_resumes(tmp_path, generated_cifar,
+                                                                                 uninterrupted, fault):
+    """Rank 1 killed (its socket closes) or stalled (SIGSTOP: only the collective timeout can tell) at step 25:
+    rank 0 ends within dist_timeout_s with one line, the run marked failed, and the rerun resumes from the
+    checkpoint of step 20 to the uninterrupted CSV."""
+    lost = start(tmp_path, generated_cifar, "dist_timeout_s=20", fault=fault, fault_rank=1, tag=f"p{fault[0]}")
+    out, err = lost.communicate(timeout=300)
+    assert lost.returncode != 0
+    assert "a data-parallel peer was lost or stalled at step 2" in err, err[-2000:]
+    assert read_meta(tmp_path / "r" / RUN)["status"] == "failed"
+    again = go(tmp_path, generated_cifar)
+    assert again.returncode == 0 and "at step 20" in again.stdout, again.stderr[-2000:]
+    pd.testing.assert_frame_equal(metrics(tmp_path), uninterrupted, check_exact=True)

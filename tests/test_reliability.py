@@ -326,3 +326,92 @@ def test_a_finished_run_counts_as_the_same_data_by_its_md5s_not_its_folder(tmp_p
     assert check(old, {"data_md5": md5})
     assert not check(old, {"data_md5": {**md5, "test_batch": "0" * 32}})  # other files once stood in this folder
     assert check(old, {})  # an older run without md5s: the same folder is all there is to go by
+
+
+def test_a_run_folder_has_one_owner_and_a_killed_owner_frees_it(tmp_path):
+    """RunLock: a second owner is refused naming the holder; released, the folder is free again; a holder
+    killed with SIGKILL leaves its lock file behind but not its lock (never a stale lock to delete by hand)."""
+    from repro.rundir import RunBusy, RunLock
+
+    run_dir = tmp_path / "r" / RUN
+    first = RunLock(run_dir).acquire(0)
+    with pytest.raises(RunBusy, match=rf"{RUN} is being trained by pid {os.getpid()} on .* since .*rerun the same"):
+        RunLock(run_dir).acquire(0)
+    first.release()
+    RunLock(run_dir).acquire(0).release()
+    assert not (tmp_path / "r").exists()  # nothing left behind
+    code = (f"import os, signal; from pathlib import Path; from repro.rundir import RunLock; "
+            f"RunLock(Path({str(run_dir)!r})).acquire(0); os.kill(os.getpid(), signal.SIGKILL)")
+    assert subprocess.run([python(), "-c", code], cwd=ROOT).returncode == -signal.SIGKILL
+    assert (tmp_path / "r" / f".{RUN}.lock").exists()  # the file stayed, its lock died with its process
+    RunLock(run_dir).acquire(0).release()
+
+
+def wait_for(predicate, what: str, proc=None):
+    """Poll until `predicate()` (progress, not time, decides); fails if `proc` ends first."""
+    import time
+
+    for _ in range(6000):
+        if predicate():
+            return
+        assert proc is None or proc.poll() is None, f"ended before {what}: {proc.stderr.read()[-1000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"never saw {what}")
+
+
+def stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP: state T in /proc/<pid>/stat)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
+def test_the_same_run_started_twice_at_once_trains_once(tmp_path, generated_cifar, reference):
+    """The second start waits for the first (held at step 5 by SIGSTOP until the second says it waits), then
+    skips the finished run: both end, every row once, the CSV the uninterrupted run's."""
+    first = launch(tmp_path, generated_cifar, fault="stop:5", wait=False)
+    wait_for(lambda: stopped(first.pid), "the first run stopped at step 5", first)
+    second = launch(tmp_path, generated_cifar, "lock_wait_s=600", wait=False)
+    waiting = []
+    wait_for(lambda: waiting.append(second.stdout.readline()) or "is being trained by" in waiting[-1],
+             "the second start waiting", second)
+    assert f"pid {first.pid}" in waiting[-1]
+    os.kill(first.pid, signal.SIGCONT)
+    out, err = second.communicate(timeout=300)
+    assert first.wait(timeout=300) == 0 and second.returncode == 0, err[-1000:]
+    assert "let go of it" in out and "is done; skipping" in out and "[ResNet-20] step" not in out
+    pd.testing.assert_frame_equal(metrics(tmp_path), reference, check_exact=True)
+
+
+def test_a_run_held_too_long_is_refused_in_one_line_naming_the_holder(tmp_path, generated_cifar):
+    first = launch(tmp_path, generated_cifar, fault="stop:5", wait=False)
+    try:
+        wait_for(lambda: stopped(first.pid), "the first run stopped at step 5", first)
+        second = launch(tmp_path, generated_cifar, "lock_wait_s=0")
+        assert second.returncode == 2
+        lines = second.stderr_text.strip().splitlines()
+        assert len(lines) == 1 and f"is being trained by pid {first.pid}" in lines[0], lines
+    finally:
+        first.kill()
+        first.communicate()
+
+
+def test_meta_records_the_warm_up_exit_step_and_a_resume_after_it_keeps_it(tmp_path, generated_cifar, monkeypatch):
+    """§4.2's warm-up (here for every depth, ending below 95% training error): meta.json says at which step it
+    ended, and a run killed after that point and resumed keeps the same step there."""
+    from conftest import tiny_run_overrides
+
+    overrides = tiny_run_overrides(tmp_path, generated_cifar, "optim.warmup_from_depth=null", "save_model=false",
+                                   "optim.warmup_until_err=0.95", "optim.total_steps=40", "analyze_responses=false")
+    run(compose(overrides))
+    (run_dir,) = (tmp_path / "t").iterdir()
+    exit_step = read_meta(run_dir)["warmup_exit_step"]
+    assert exit_step is not None and exit_step % 10 == 0 and exit_step < 40
+    again = [*overrides, f"results_dir={tmp_path / 'again'}"]  # elsewhere: not reused from the finished one
+    monkeypatch.setenv("REPRO_FAULT", f"raise:{exit_step + 5}")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run(compose(again))
+    monkeypatch.delenv("REPRO_FAULT")
+    assert run(compose(again)) == "done"
+    assert read_meta(tmp_path / "again" / "t" / run_dir.name)["warmup_exit_step"] == exit_step
