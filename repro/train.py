@@ -44,11 +44,11 @@ from .sources import Source, load_source
 from .sweep import is_multirun, mark_failed
 
 USER_ERRORS = (ConfigError, DataError, ResultsError, FastConfigError)
+AGREE_EVERY = 10  # data-parallel: steps between the ranks' votes on a preemption signal (a stop within 10 steps)
 
 
 class PeerLost(Exception):
     """A data-parallel run lost a peer (a rank killed, a collective past dist_timeout_s): one line, exit 1."""
-AGREE_EVERY = 10  # data-parallel: steps between the ranks' votes on a preemption signal (a stop within 10 steps)
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
