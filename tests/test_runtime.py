@@ -51,8 +51,9 @@ def test_the_backend_follows_the_resolved_device(monkeypatch, fake_cuda, cuda, d
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     started = []
+    monkeypatch.setattr(runtime, "die_with_launcher", lambda: True)  # not for the test process itself
     monkeypatch.setattr(runtime.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(runtime.dist, "init_process_group", lambda b: started.append(b))
+    monkeypatch.setattr(runtime.dist, "init_process_group", lambda b, timeout=None: started.append(b))
     rank, world, dev = runtime.distributed(device)
     assert (rank, world, started) == (1, 2, [backend])
     assert dev == (torch.device("cuda:1") if cuda and device == "auto" else torch.device("cpu"))
