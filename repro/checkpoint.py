@@ -22,7 +22,8 @@ class State:
 
     step: int = 0
     warmup_done: bool = False
-    warmup_exit_step: int | None = None  # the step at which the warm-up ended (§4.2, ResNet-110); None: not yet
+    warmup_exit_step: int | None = None  # the step the warm-up ended at (§4.2, ResNet-110); None: not yet or
+    # a checkpoint older than this field (warmup_done stays the switch for those)
     wall_time: float = 0.0  # training seconds before this process started
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss*n, errors, n since last row
     wsums: list[float] = field(default_factory=lambda: [0.0, 0.0])  # warm-up window: errors, n
@@ -36,16 +37,18 @@ def fault_point(name: str, step: int) -> None:
     SIGKILL when the loop reaches that point ('kill': the end of any step; 'term' sends SIGTERM there, as a
     scheduler would; 'term_launcher': rank 0 sends SIGTERM to its parent, torchrun, as SLURM signals the job
     step, which hands it on to every rank; 'kill_launcher': rank 0 SIGKILLs torchrun alone, as an
-    out-of-memory kill or a closed terminal does; 'stop': SIGSTOP, a peer alive but stalled; 'raise' raises). REPRO_FAULT_RANK=<r>: only rank r acts.
-    Unset in normal use."""
-    if os.environ.get("REPRO_FAULT") == f"{name}:{step}" and os.environ.get("REPRO_FAULT_RANK",
-                                                                             os.environ.get("RANK", "0")) == os.environ.get("RANK", "0"):
+    out-of-memory kill or a closed terminal does; 'stop': SIGSTOP, a peer alive but stalled; 'raise' raises).
+    REPRO_FAULT_RANK=<r>: only rank r acts. Unset in normal use."""
+    rank = os.environ.get("RANK", "0")
+    if os.environ.get("REPRO_FAULT") == f"{name}:{step}" and os.environ.get("REPRO_FAULT_RANK", rank) == rank:
         if name == "raise":
             raise RuntimeError(f"injected failure at step {step}")
         if name in ("term_launcher", "kill_launcher"):
-            if os.environ.get("RANK", "0") == "0":
+            if rank == "0":
                 os.kill(os.getppid(), signal.SIGTERM if name == "term_launcher" else signal.SIGKILL)
             return
+        if name == "stop":  # a test waits for this line (progress), then knows the process holds still
+            print(f"[fault] pid {os.getpid()} stops at step {step}", flush=True)
         os.kill(os.getpid(), {"term": signal.SIGTERM, "stop": signal.SIGSTOP}.get(name, signal.SIGKILL))
 
 

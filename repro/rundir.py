@@ -68,10 +68,6 @@ class RunLock:
     def _try(self) -> bool:
         import fcntl  # POSIX; imported here so that the module loads everywhere
 
-        if not self.path.parent.exists():  # folders made for the lock alone are removed with it, if left empty
-            missing = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._made = [d for d in missing if d not in self._made] + self._made
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,6 +95,9 @@ class RunLock:
             return "another process"
 
     def acquire(self, wait_s: float, poll_s: float = 0.5) -> "RunLock":
+        # folders made for the lock alone (innermost first) are removed with it if nothing else went in them
+        self._made = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._try():
             return self
         holder = self.holder()
@@ -118,10 +117,9 @@ class RunLock:
             self.path.unlink(missing_ok=True)  # unlink first, then close: a waiter re-checks the inode
             os.close(self._fd)
             self._fd = None
-            for folder in self._made:  # innermost first: nothing was computed, so results/ is as it was
+            for folder in self._made:  # a folder still holding something is kept (rmdir fails)
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-            self._made = []
 
 
 def update_meta(run_dir: Path, **fields: Any) -> dict:

@@ -122,6 +122,9 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
     sums, wsums = windows[0], windows[1, 1:]
     step_row, batches = state.step, src.batches(state.step)
     no_sync = t.ddp.no_sync if t.ddp is not None else None  # DDP: split chunks all-reduce once per step
+    # the reliability tests' fault points (REPRO_FAULT): looked up once, nothing per step in normal use
+    faults = ("raise", "kill", "term", "stop", "term_launcher", "kill_launcher") \
+        if os.environ.get("REPRO_FAULT") else ()
     t.net.train()
     with SignalFlag() as flag:
         while state.step < o.total_steps:
@@ -154,7 +157,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder)
                 state.wall_time = rec.elapsed()
                 state.sums, state.wsums = [0.0, 0.0, 0.0], all_reduce(wsums.clone()).tolist()
                 rec.checkpoint(t, state)
-            for fault in ("raise", "kill", "term", "stop", "term_launcher", "kill_launcher"):
+            for fault in faults:
                 fault_point(fault, state.step)
             if preempt_now(flag, state.step, device):  # checkpoint mid-interval, then let the signal act
                 signum = flag.signum or signal.SIGTERM  # a rank outvoted before its own signal came

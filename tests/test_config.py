@@ -83,3 +83,24 @@ def test_the_reference_sweep_is_fig6s_nine_nets_and_resnet56_in_fp32():
 def test_command_line_overrides_win_over_the_experiment():
     cfg = _compose(["exp=fig6_plain", "optim.total_steps=200", "eval_every=50"])
     assert cfg.optim.total_steps == 200 and cfg.eval_every == 50 and cfg.model.shortcut == "none"
+
+
+COMMITTED = sorted((ROOT / "results").glob("fig*/*/config.yaml"))
+
+
+@pytest.mark.parametrize("saved", COMMITTED, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
+def test_the_committed_reference_runs_are_still_skipped_by_their_own_command(saved):
+    """Config keys added since these runs were made (operational ones: lock_wait_s, dist_timeout_s, ...) must
+    not change their identity: rerunning their experiment skips them instead of refusing or retraining."""
+    import yaml
+
+    from repro.results import read_meta
+    from repro.rundir import prepare_run_dir
+
+    old, meta = yaml.safe_load(saved.read_text()), read_meta(saved.parent)
+    net = f"{'plain' if old['model']['shortcut'] == 'none' else 'resnet'}-{old['model']['depth']}"
+    overrides = [f"exp={old['exp_name']}", f"seed={old['seed']}"] + \
+        ([f"+net={net}{'-fp32' if old['fast']['bf16'] is False else ''}"] if old["exp_name"] == "fig6_short" else [])
+    config = OmegaConf.to_container(_compose(overrides), resolve=True)
+    arith = "bf16" if meta["fast"]["bf16"] else "fp32"
+    assert meta["status"] == "done" and prepare_run_dir(saved.parent, config, arith) == "skip"

@@ -164,22 +164,15 @@ def test_the_launcher_killed_alone_leaves_no_orphans_and_the_rerun_completes_the
 def test_the_same_two_process_run_started_twice_at_once_trains_once(tmp_path, generated_cifar, uninterrupted):
     """The first launch's rank 0 is held (SIGSTOP at step 5) until the second launch's rank 0 says it waits for
     it; then both end, the second skipping the finished run, and the CSV has every row once."""
-    import json
     import os
     import signal
 
-    from test_reliability import stopped, wait_for
+    from test_reliability import line_with
 
     first = start(tmp_path, generated_cifar, fault="stop:5", fault_rank=0, tag="t1")
-    lock = tmp_path / "r" / f".{RUN}.lock"
-    wait_for(lambda: lock.exists() and lock.read_text() and stopped(json.loads(lock.read_text())["pid"]),
-             "the first launch's rank 0 stopped at step 5", first)
-    holder = json.loads(lock.read_text())["pid"]
+    holder = int(line_with(first, "stops at step 5").split()[2])  # "[fault] pid N stops at step 5"
     second = start(tmp_path, generated_cifar, "lock_wait_s=600", tag="t2")
-    lines = []
-    wait_for(lambda: lines.append(second.stdout.readline()) or "is being trained by" in lines[-1],
-             "the second launch waiting", second)
-    assert f"pid {holder}" in lines[-1]
+    assert f"pid {holder}" in line_with(second, "is being trained by")
     os.kill(holder, signal.SIGCONT)
     out, err = second.communicate(timeout=300)
     first.communicate(timeout=300)

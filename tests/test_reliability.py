@@ -347,36 +347,22 @@ def test_a_run_folder_has_one_owner_and_a_killed_owner_frees_it(tmp_path):
     RunLock(run_dir).acquire(0).release()
 
 
-def wait_for(predicate, what: str, proc=None):
-    """Poll until `predicate()` (progress, not time, decides); fails if `proc` ends first."""
-    import time
-
-    for _ in range(6000):
-        if predicate():
-            return
-        assert proc is None or proc.poll() is None, f"ended before {what}: {proc.stderr.read()[-1000:]}"
-        time.sleep(0.05)
-    raise AssertionError(f"never saw {what}")
-
-
-def stopped(pid: int) -> bool:
-    """Whether process `pid` is stopped (SIGSTOP: state T in /proc/<pid>/stat)."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
-    except OSError:
-        return False
+def line_with(proc, text: str) -> str:
+    """Read `proc`'s stdout until a line containing `text` (progress decides, never the clock); fails if the
+    process ends first."""
+    for line in proc.stdout:
+        if text in line:
+            return line
+    raise AssertionError(f"ended before printing {text!r}: {proc.stderr.read()[-1000:]}")
 
 
 def test_the_same_run_started_twice_at_once_trains_once(tmp_path, generated_cifar, reference):
     """The second start waits for the first (held at step 5 by SIGSTOP until the second says it waits), then
     skips the finished run: both end, every row once, the CSV the uninterrupted run's."""
     first = launch(tmp_path, generated_cifar, fault="stop:5", wait=False)
-    wait_for(lambda: stopped(first.pid), "the first run stopped at step 5", first)
+    line_with(first, "stops at step 5")
     second = launch(tmp_path, generated_cifar, "lock_wait_s=600", wait=False)
-    waiting = []
-    wait_for(lambda: waiting.append(second.stdout.readline()) or "is being trained by" in waiting[-1],
-             "the second start waiting", second)
-    assert f"pid {first.pid}" in waiting[-1]
+    assert f"pid {first.pid}" in line_with(second, "is being trained by")
     os.kill(first.pid, signal.SIGCONT)
     out, err = second.communicate(timeout=300)
     assert first.wait(timeout=300) == 0 and second.returncode == 0, err[-1000:]
@@ -387,7 +373,7 @@ def test_the_same_run_started_twice_at_once_trains_once(tmp_path, generated_cifa
 def test_a_run_held_too_long_is_refused_in_one_line_naming_the_holder(tmp_path, generated_cifar):
     first = launch(tmp_path, generated_cifar, fault="stop:5", wait=False)
     try:
-        wait_for(lambda: stopped(first.pid), "the first run stopped at step 5", first)
+        line_with(first, "stops at step 5")
         second = launch(tmp_path, generated_cifar, "lock_wait_s=0")
         assert second.returncode == 2
         lines = second.stderr_text.strip().splitlines()
