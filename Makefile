@@ -12,9 +12,13 @@ IMAGENET ?=
 # "concurrent" rows, README "Performance")
 JOBS ?= 2
 THREADS ?= $(shell echo $$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )))
+# LAUNCHER: how a sweep's runs share the machine. pack (on CUDA): several runs in one process, each its own
+# CUDA graph on its own stream (repro/pack.py); parallel (CPU): JOBS processes of THREADS threads each
+LAUNCHER ?= $(shell $(PY) -c "import torch; print('pack' if torch.cuda.is_available() else 'parallel')" 2>/dev/null)
+LAUNCH = $(if $(filter pack,$(LAUNCHER)),hydra/launcher=pack,hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-all demo data cifar reference figures report bench clean
+.PHONY: help install test test-all demo data cifar reference figures report bench bench-gpu gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,17 +44,22 @@ demo: install  ## the degradation problem on CPU in minutes: CIFAR-10 if found a
 data: install  ## download CIFAR-10 (md5-checked) into $(CIFAR10)
 	$(PY) -c "from repro.data import load_cifar10; load_cifar10('$(CIFAR10)', download=True); print('CIFAR-10 ready in $(CIFAR10)')"
 
-cifar: install  ## the full CIFAR-10 sweeps of Fig. 6 and Table 6, JOBS runs at a time (paper protocol: a GPU job)
+cifar: install  ## the full CIFAR-10 sweeps of Fig. 6 and Table 6 (paper protocol: a GPU job; packed on CUDA)
 	for e in fig6_plain fig6_resnet table6; do \
-	  $(PY) -m repro.train -m exp=$$e data.root=$(CIFAR10) hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) \
-	    threads=$(THREADS) || exit 1; done
+	  $(PY) -m repro.train -m exp=$$e data.root=$(CIFAR10) $(LAUNCH) || exit 1; done
 
 reference: install  ## the reference result set (exp=fig6_short: Fig. 6's nets at 1/8 of the schedule) -> plots/fig6_short
-	$(PY) -m repro.train -m exp=fig6_short data.root=$(CIFAR10) hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS)
+	$(PY) -m repro.train -m exp=fig6_short data.root=$(CIFAR10) $(LAUNCH)
 	$(PY) -m repro.plots report --results results/fig6_short --out plots/fig6_short --ylim auto
 
 bench: install  ## throughput of our pipeline vs the standard one on this device -> plots/bench.json
 	$(PY) -m repro.bench --cifar10 $(CIFAR10) $(if $(IMAGENET),--imagenet $(IMAGENET),)
+
+bench-gpu: install  ## one GPU: eager vs CUDA-graphed vs packed steps, Fig. 6 / CIFAR projections -> plots/bench_<gpu>.json
+	$(PY) -m repro.bench_gpu
+
+gpu-check: install  ## the prepared GPU session: tests/test_cuda.py, bench-gpu (FULL=1: then 64k ResNet-20/56)
+	OUT=$${OUT:-plots/gpu-check} PY=$(PY) bash .ci/gpu-check
 
 figures: install  ## every figure and table from results/ into plots/ (and the report)
 	$(PY) -m repro.plots all

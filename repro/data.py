@@ -278,27 +278,44 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+DRAW_WINDOW = 256  # steps whose random draws are computed ahead on the CPU and uploaded to the device at once
+
+
 class BatchStream:
     """Mini-batch `step` of an endless stream of epochs, each a fresh permutation of the training set.
     Every batch is full-sized (batches may straddle epochs), which keeps shapes static. With `world`
-    data-parallel ranks, rank r gets the r-th slice of the same global batch."""
+    data-parallel ranks, rank r gets the r-th slice of the same global batch.
 
-    def __init__(self, data: ImageData, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+    No host work per step: the draws of a window of `window` steps (the batch's sample indices, crop offsets
+    and flips, each from its (seed, step) generator exactly as `draws` gives them) are computed ahead and
+    uploaded once, and `take` reads the next step's from the device buffers through a device-side counter.
+    So a step is device operations only (what a CUDA graph can capture); `prepare(step)`, called outside the
+    step, refills the window when it runs out and repositions it on a jump (a resume)."""
+
+    def __init__(self, data: ImageData, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 window: int = DRAW_WINDOW):
+        self.data, self.batch_size, self.seed, self.window = data, batch_size, seed, window
         self.n, self.device = len(data.train_x), data.train_x.device
         per = batch_size // world
         self.mine = slice(rank * per, (rank + 1) * per)
         self._perms: dict[int, torch.Tensor] = {}
+        dev = self.device
+        self.idx = torch.zeros(window, per, dtype=torch.long, device=dev)
+        self.off = torch.zeros(window, 2, per, dtype=torch.long, device=dev)
+        self.flip = torch.zeros(window, per, dtype=torch.bool, device=dev)
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # the window row the next `take` reads
+        self.begin = self.end = self.next = -1  # the window holds steps [begin, end); `next` is at `pos`
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        """Epoch `epoch`'s order (drawn on the CPU, the same on every device), kept on the device."""
+        """Epoch `epoch`'s order (drawn on the CPU, the same on every device)."""
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch + 1)
-            perm = torch.randperm(self.n, generator=g).to(self.device)
+            perm = torch.randperm(self.n, generator=g)
             self._perms = {k: v for k, v in self._perms.items() if k == epoch - 1} | {epoch: perm}
         return self._perms[epoch]
 
     def indices(self, step: int) -> torch.Tensor:
+        """The global batch of `step`: positions in the training set (CPU)."""
         start = step * self.batch_size
         first, at = divmod(start, self.n)
         head = self._perm(first)[at : at + self.batch_size]
@@ -310,14 +327,44 @@ class BatchStream:
         """Epochs completed after `step` steps."""
         return step * self.batch_size / self.n
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = _step_generator(self.seed, step)  # a few hundred numbers, then copied to the device
+    def draws(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's (indices, offsets (2, B), flips) of `step`, on the CPU: a pure function of (seed, step)."""
+        g = _step_generator(self.seed, step)
         offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g)[:, self.mine]
         flips = (torch.rand(self.batch_size, generator=g) < 0.5)[self.mine]
-        offsets, flips = (t.to(self.device, non_blocking=True) for t in (offsets, flips))
-        idx = self.indices(step)[self.mine]
+        return self.indices(step)[self.mine], offsets, flips
+
+    def _fill(self, start: int) -> None:
+        """The window from `start`: drawn on the CPU, one pinned upload per buffer (asynchronous on CUDA)."""
+        rows = [self.draws(s) for s in range(start, start + self.window)]
+        pin = self.device.type == "cuda"
+        for buf, part in zip((self.idx, self.off, self.flip), zip(*rows)):
+            host = torch.stack(part)
+            buf.copy_(host.pin_memory() if pin else host, non_blocking=pin)
+        self.pos.zero_()
+        self.begin, self.end = start, start + self.window
+
+    def prepare(self, step: int) -> None:
+        """Make the next `take` give `step`'s batch (outside the step: it may upload a window)."""
+        if step != self.next or not self.begin <= step < self.end:
+            if self.begin <= step < self.end:
+                self.pos.fill_(step - self.begin)
+            else:
+                self._fill(step)
+        self.next = step + 1
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prepared step's batch, from device buffers only (no host copy, no synchronisation), and the
+        counter moved on: capturable in a CUDA graph."""
+        idx = self.idx.index_select(0, self.pos)[0]
+        offsets, flips = self.off.index_select(0, self.pos)[0], self.flip.index_select(0, self.pos)[0]
+        self.pos.add_(1)
         x = augment(self.data.train_x[idx], self.data.mean, offsets, flips)
         return x, self.data.train_y[idx]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.prepare(step)
+        return self.take()
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ tests/test_fidelity.py. 'auto' turns a switch on where it was measured to help:
 - fused_sgd: one fused update for all parameters instead of a loop over tensors (same arithmetic).
 - cpu_allocator: keep freed activations in the heap instead of handing them back to the OS (below).
 - compile: torch.compile the model; 'reduce-overhead' captures it as CUDA graphs (launch-bound small nets).
+- graph: the whole training step (batch, forward, backward, SGD update) as one CUDA graph (repro.graph);
+  'auto' = on CUDA. A run that cannot use one (DDP, loader-worker data, compile) says so and steps eagerly.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class Fast:
     compile: str | None = None  # None (eager) or one of COMPILE_MODES
     fused_sgd: bool = False
     cpu_allocator: bool = False
+    graph: bool = False
 
     def apply(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """`model` on `device` (weights in channels_last when asked), wrapped so that its forward does the
@@ -94,7 +97,8 @@ def resolve_fast(cfg, device: torch.device) -> Fast:
                 bf16=_switch(cfg, "bf16", native_bf16(device)),
                 compile=mode or None,
                 fused_sgd=_switch(cfg, "fused_sgd", device.type in ("cuda", "cpu")),
-                cpu_allocator=_switch(cfg, "cpu_allocator", device.type == "cpu" and sys.platform == "linux"))
+                cpu_allocator=_switch(cfg, "cpu_allocator", device.type == "cpu" and sys.platform == "linux"),
+                graph=_switch(cfg, "graph", device.type == "cuda"))
 
 
 def tune_cpu_allocator() -> bool:

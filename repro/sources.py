@@ -1,8 +1,10 @@
 """One interface over the two kinds of data the loop trains on: CIFAR-style tensors resident on the
 device (repro.data) and ImageNet-style folders read by loader workers (repro.imagenet).
 
-A Source gives the loop (a) the mini-batches of steps start, start+1, ... for this rank, and (b) for each
-evaluation split, the summed loss, errors and count over this rank's share of it."""
+A Source gives the loop (a) the mini-batches of steps start, start+1, ... for this rank (for CIFAR-style
+data also as a device-side stream, `stream`, whose batches a CUDA graph can take), and (b) for each
+evaluation split, the summed loss, errors and count over this rank's share of it. The data set (ImageData)
+is loaded apart from a seed's stream, so several runs in one process share one copy on the device."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ class Source:
     splits: dict[str, Callable[[torch.nn.Module], torch.Tensor]]  # "test"/"val" -> [loss_sum, errs, n]
     tensors: ImageData | None = None  # the CIFAR tensors (Fig. 7's analysis uses the test set)
     folders: object | None = None  # the ImageFolder data (10-crop evaluation)
+    stream: BatchStream | None = None  # CIFAR: the seed's batch stream (prepare outside a step, take inside)
 
 
 def eval_sums(model: torch.nn.Module, batches: Iterator[Batch], device: torch.device) -> torch.Tensor:
@@ -43,8 +46,10 @@ def eval_sums(model: torch.nn.Module, batches: Iterator[Batch], device: torch.de
     return sums
 
 
-def cifar_source(data_cfg, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1) -> Source:
-    data = load_image_data(device, **data_cfg)
+def cifar_source(data_cfg, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1,
+                 data: ImageData | None = None) -> Source:
+    """CIFAR-10 (or the synthetic task) on `device`: `data` when given (loaded once for several runs), else loaded."""
+    data = data if data is not None else load_image_data(device, **data_cfg)
     stream = BatchStream(data, batch_size, seed, rank, world)
     eb = data_cfg["eval_batch_size"]
 
@@ -57,7 +62,7 @@ def cifar_source(data_cfg, batch_size: int, seed: int, device: torch.device, ran
     if data.val_x is not None:
         splits["val"] = tensor_split(data.val_x, data.val_y)
     return Source(data.name, data.source, len(data.train_x), len(data.test_x), data.num_classes,
-                  lambda start: (stream.batch(s) for s in count(start)), splits, tensors=data)
+                  lambda start: (stream.batch(s) for s in count(start)), splits, tensors=data, stream=stream)
 
 
 def imagefolder_source(data_cfg, batch_size: int, seed: int, total_steps: int, device: torch.device, rank: int = 0,
@@ -84,8 +89,8 @@ def imagefolder_source(data_cfg, batch_size: int, seed: int, total_steps: int, d
                   folders=data)
 
 
-def load_source(cfg, device: torch.device, rank: int = 0, world: int = 1) -> Source:
-    """The data the config names, for this rank of `world`."""
+def load_source(cfg, device: torch.device, rank: int = 0, world: int = 1, data: ImageData | None = None) -> Source:
+    """The data the config names, for this rank of `world` (CIFAR-style: the loaded tensors `data` when given)."""
     if cfg.data.get("format") == "imagefolder":
         return imagefolder_source(cfg.data, cfg.optim.batch_size, cfg.seed, cfg.optim.total_steps, device, rank, world)
-    return cifar_source(cfg.data, cfg.optim.batch_size, cfg.seed, device, rank, world)
+    return cifar_source(cfg.data, cfg.optim.batch_size, cfg.seed, device, rank, world, data)

@@ -40,3 +40,39 @@ def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
         assert all(s > 0 for s in ours["windows_s_per_step"] + ref["windows_s_per_step"])
     assert report["fast"]["channels_last"]
     assert report["fig6_sweep_projection"] is None  # one depth per family: nothing to interpolate from
+
+
+def test_gpu_bench_projections_follow_from_the_measured_rates():
+    from repro.bench_gpu import BATCH, EVALS, FIG6_NETS, STEPS_64K, project
+
+    c = 1e-5  # seconds per image per layer
+    graphed = {(d, s): 1 / (c * d) for s in ("none", "A") for d in (20, 56)}
+    eager = {k: v / 4 for k, v in graphed.items()}
+    evals = {k: 0.5 for k in graphed}
+    per_run = lambda d, f=1: (f * c * d * STEPS_64K * BATCH + 0.5 * EVALS) / 60  # noqa: E731  minutes
+    nets = [(20, "A"), (56, "A")]
+    packed = {"nets": nets, "images_per_s": 2 * sum(graphed[n] for n in nets)}  # twice the runs' mean rate
+    p = project(eager, graphed, packed, evals)
+    assert p["fig6_sweep_minutes"]["graphed"] == pytest.approx(sum(per_run(d) for d, _ in FIG6_NETS))
+    assert p["fig6_sweep_minutes"]["eager"] > 3 * p["fig6_sweep_minutes"]["graphed"]
+    gain = packed["images_per_s"] * (1 / graphed[nets[0]] + 1 / graphed[nets[1]]) / 2
+    assert p["pack_gain"] == pytest.approx(gain)
+    assert p["fig6_sweep_minutes"]["packed"] == pytest.approx(p["fig6_sweep_minutes"]["graphed"] / gain)
+    assert p["resnet_1202_alone_minutes"] == pytest.approx(c * 1202 * STEPS_64K * BATCH / 60)
+    assert p["cifar_section_minutes"]["packed"] >= p["resnet_1202_alone_minutes"]  # the critical path bounds it
+    assert p["section_runs"] == 9 + 5 * 4 + 1
+
+
+def test_gpu_bench_runs_on_the_cpu_eager_and_packed_and_writes_its_json(tmp_path):
+    from repro.bench_gpu import main
+
+    data = write_cifar_folder(tmp_path / "c", n_train=512, n_test=16)
+    out = tmp_path / "bench_gpu.json"
+    assert main(["--device", "cpu", "--nets", "8A,14A,8none,14none", "--windows", "1", "--steps", "1", "--warm", "1",
+                 "--cifar10", str(data),
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [n["net"] for n in r["nets"]] == ["ResNet-8", "ResNet-14", "plain-8", "plain-14"] and "errors" not in r
+    assert all(n["eager_images_per_s"] > 0 and "graphed_images_per_s" not in n for n in r["nets"])  # no CUDA here
+    assert r["packed"]["runs"] == 4 and r["packed"]["steps"] == ["eager"] and r["packed"]["images_per_s"] > 0
+    assert r["fig6_sweep_minutes"]["graphed"] is None and r["fig6_sweep_minutes"]["packed"] > 0

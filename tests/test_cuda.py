@@ -83,3 +83,47 @@ def test_a_run_under_torchrun_trains_on_its_local_rank_gpu(tmp_path, generated_c
     assert p.returncode == 0, p.stderr[-2000:]
     meta = read_meta(tmp_path / "r" / RUN)
     assert meta["status"] == "done" and meta["processes"] == 1
+
+
+# The whole step as one CUDA graph (fast.graph, repro/graph.py) and several runs on one GPU (repro/pack.py):
+# with deterministic=true a graphed run's CSV is the eager run's, bit for bit.
+
+def test_a_graphed_run_gives_the_eager_runs_csv_across_the_lr_drops(tmp_path, generated_cifar, deterministic_run):
+    """60 steps with the lr divided at 30 and 45: three captures, each replayed; the eager run is the reference."""
+    eager = go(tmp_path, generated_cifar, "deterministic=true", "fast.graph=false")
+    assert eager.returncode == 0, eager.stderr[-2000:]
+    assert read_meta(tmp_path / "r" / RUN)["step"] == "eager"
+    assert read_meta(deterministic_run / "r" / RUN)["step"] == "cuda graph"  # fast=auto on CUDA
+    pd.testing.assert_frame_equal(metrics(deterministic_run), metrics(tmp_path), check_exact=True)
+
+
+def test_the_warm_up_exit_recaptures_and_matches_the_eager_run(tmp_path, generated_cifar):
+    warm = ["optim.warmup_from_depth=null", "optim.warmup_until_err=0.95"]  # ResNet-20 warms up, exits early
+    runs = {}
+    for graph in ("true", "false"):
+        results = tmp_path / graph
+        p = go(results, generated_cifar, "deterministic=true", f"fast.graph={graph}", *warm)
+        assert p.returncode == 0 and "warm-up done at step" in p.stdout, p.stderr[-2000:]
+        runs[graph] = (metrics(results), read_meta(results / "r" / RUN))
+    assert runs["true"][1]["step"] == "cuda graph" and runs["false"][1]["step"] == "eager"
+    assert runs["true"][1]["warmup_exit_step"] == runs["false"][1]["warmup_exit_step"]
+    pd.testing.assert_frame_equal(runs["true"][0], runs["false"][0], check_exact=True)
+
+
+def test_a_packed_group_on_streams_gives_each_run_its_csv_alone(tmp_path, generated_cifar):
+    nets = {"resnet-20": "cifar10-resnet-20-s0", "resnet-32": "cifar10-resnet-32-s0", "plain-20": "cifar10-plain-20-s0"}
+    base = [a for a in ARGS if a != "exp=smoke"] + ["data.train_size=1000", "data.test_size=500",
+                                                     "data.eval_batch_size=500", "optim.batch_size=32",
+                                                     "deterministic=true"]
+    for net in nets:
+        p = train_process([*base, f"+net={net}", f"results_dir={tmp_path / 'alone'}", f"data.root={generated_cifar}"])
+        assert p.returncode == 0, p.stderr[-2000:]
+    p = train_process(["-m", *base, "+net=" + ",".join(nets), "hydra/launcher=pack",
+                       f"hydra.sweep.dir={tmp_path / 'hy'}", f"results_dir={tmp_path / 'pack'}",
+                       f"data.root={generated_cifar}"])
+    assert p.returncode == 0 and "[pack] 3 run(s), 3 at a time" in p.stdout, p.stderr[-2000:]
+    for name in nets.values():
+        alone, packed = (pd.read_csv(tmp_path / where / "r" / name / "metrics.csv").drop(columns="wall_time")
+                         for where in ("alone", "pack"))
+        assert read_meta(tmp_path / "pack" / "r" / name)["step"] == "cuda graph"
+        pd.testing.assert_frame_equal(packed, alone, check_exact=True)

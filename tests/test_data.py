@@ -177,3 +177,45 @@ def test_every_sample_is_seen_once_per_epoch():
     seen = torch.cat([s.indices(k) for k in range(5)])  # 80 samples = 2 epochs, batches straddle them
     assert sorted(seen[:40].tolist()) == list(range(40)) and sorted(seen[40:].tolist()) == list(range(40))
     assert s.epoch(5) == 2.0
+
+
+def _batch_drawn_per_step(s: BatchStream, step: int):
+    """The batch of `step` as the stream drew it before the draw window: one generator, one upload, per step."""
+    from repro.data import PAD, _step_generator
+
+    g = _step_generator(s.seed, step)
+    offsets = torch.randint(0, 2 * PAD + 1, (2, s.batch_size), generator=g)[:, s.mine]
+    flips = (torch.rand(s.batch_size, generator=g) < 0.5)[s.mine]
+    idx = s.indices(step)[s.mine]
+    return augment(s.data.train_x[idx], s.data.mean, offsets, flips), s.data.train_y[idx]
+
+
+@pytest.mark.parametrize("rank,world", [(0, 1), (1, 2)])
+def test_the_draw_window_gives_the_per_step_batches_across_boundaries_and_resumes(rank, world):
+    data = _data(n=40)  # 40 images, batches of 16: batches straddle epochs
+    s = BatchStream(data, 16, seed=3, rank=rank, world=world, window=4)
+    order = [*range(11), 5, 6, 7, 2]  # through two window boundaries (4, 8), then jumps back inside and before
+    for step in order:
+        x, y = s.batch(step)
+        want_x, want_y = _batch_drawn_per_step(s, step)
+        assert torch.equal(x, want_x) and torch.equal(y, want_y), step
+    resumed = BatchStream(data, 16, seed=3, rank=rank, world=world, window=4)  # a resume at step 6
+    for step in range(6, 13):
+        resumed.prepare(step)
+        assert torch.equal(resumed.take()[0], _batch_drawn_per_step(s, step)[0]), step
+    assert resumed.begin == 10 and int(resumed.pos) == 3  # one refill at 10; the counter moved on device
+
+
+def test_taking_a_batch_is_device_work_only(monkeypatch):
+    """Between window refills, a step makes no host-to-device copy and draws no random numbers on the host."""
+    data = _data(n=40)
+    s = BatchStream(data, 16, seed=0, window=8)
+    s.prepare(0)
+    calls = []
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: calls.append("randint"))
+    monkeypatch.setattr(torch.Tensor, "to", lambda *a, **k: calls.append("to"))
+    monkeypatch.setattr(torch.Tensor, "copy_", lambda *a, **k: calls.append("copy_"))
+    for step in range(1, 8):
+        s.take()
+        s.prepare(step)
+    assert calls == []
