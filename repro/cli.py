@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", default=None,
                    help="draw (and tabulate) only runs of this protocol label (default: figures draw the one "
                         "with the most nets, of those the closest to the paper's; tables show every protocol)")
+    p.add_argument("--fig7-measure", default="std", choices=["std", "branch_over_shortcut", "gamma_abs_mean"],
+                   help="fig7: the responses.csv column drawn (default std, the paper's; the caption says which)")
     p.add_argument("--noise-floor", type=float, default=NOISE_FLOOR,
                    help=f"verdicts: seed-to-seed std (points) assumed for a net with one seed (default {NOISE_FLOOR})")
     args = p.parse_args(argv)
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(f"wrote {p}" for p in paths))
         else:
             check_inputs(args.root, [args.what], args.results, args.protocol)
-            art = render(args.what, args.root, args.out, args.results, ylim, args.protocol)
+            art = render(args.what, args.root, args.out, args.results, ylim, args.protocol, args.fig7_measure)
             print("\n".join(f"wrote {f}" for f in art.files))
             if art.missing:
                 print(f"missing runs: {', '.join(art.missing)}")

@@ -181,33 +181,44 @@ def fig4(df: pd.DataFrame, out: Path, ylim=(20, 60), scope: str = "", data: str 
 FIG7_NETS = [(20, "none"), (56, "none"), (20, "A"), (56, "A"), (110, "A")]
 
 
-def fig7(resp: pd.DataFrame, out: Path, nets: list[Net] | None = None, scope: str = "") -> Artefact:
-    """Fig. 7: std of layer responses on the test set, in layer order (top) and sorted (bottom).
-    `nets` defaults to the paper's (plain-20/56, ResNet-20/56/110)."""
+FIG7_MEASURES = {  # responses.csv column -> (axis label, what the caption says is drawn)
+    "std": ("std", "Responses are the outputs of each 3x3 layer after BN, before the nonlinearity and addition."),
+    "branch_over_shortcut": ("branch std / shortcut std", "Drawn: per residual block, the std of its branch's "
+                             "output over its shortcut's (on the row of the block's last layer; plain nets have none)."),
+    "gamma_abs_mean": ("mean |gamma|", "Drawn: the mean |gamma| of each 3x3 layer's BN."),
+}
+
+
+def fig7(resp: pd.DataFrame, out: Path, nets: list[Net] | None = None, scope: str = "", measure: str = "std") -> Artefact:
+    """Fig. 7: std of layer responses on the test set, in layer order (top) and sorted (bottom); `measure`
+    draws another responses.csv column instead (FIG7_MEASURES). `nets` defaults to the paper's (plain-20/56,
+    ResNet-20/56/110)."""
     nets = nets or FIG7_NETS
+    ylabel, what = FIG7_MEASURES[measure]
     fig, axes = plt.subplots(2, 1, figsize=(7, 6), constrained_layout=True)
     missing = []
     for net in nets:
         sub = net_rows(resp, net) if not resp.empty else resp
+        if measure != "std" and not sub.empty:
+            sub = sub.dropna(subset=[measure])
         if sub.empty:
             missing.append(display_name(*net))
             continue
-        std = sub.groupby("layer")["std"].mean()
+        std = sub.groupby("layer")[measure].mean()
         kw = dict(color=net_color(net[0]), ls="--" if net[1] == "none" else "-", lw=1.2, label=display_name(*net))
         axes[0].plot(std.index, std.values, **kw)
         axes[1].plot(np.arange(1, len(std) + 1), np.sort(std.values)[::-1], **kw)
     axes[0].set_xlabel("layer index (original)")
     axes[1].set_xlabel("layer index (sorted by magnitude)")
     for ax in axes:
-        ax.set_ylabel("std")
+        ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
     a = Artefact("fig7", "Fig. 7 — standard deviation of layer responses on CIFAR-10", save(fig, out, "fig7"),
                  missing=missing)
-    a.caption = caption(missing, "Responses are the outputs of each 3x3 layer after BN, before the nonlinearity "
-                                  "and addition. Paper: ResNets' responses are smaller than plain nets', and deeper "
+    a.caption = caption(missing, f"{what} Paper: ResNets' responses are smaller than plain nets', and deeper "
                                   "ResNets' smaller still.", scope)
     return a
 
@@ -285,7 +296,7 @@ def choose_protocol(df: pd.DataFrame, wanted: str | None = None) -> tuple[pd.Dat
 
 
 def render(name: str, results: Path, out: Path, explicit: list[Path] | None = None, ylim="paper",
-           protocol: str | None = None) -> Artefact:
+           protocol: str | None = None, fig7_measure: str = "std") -> Artefact:
     """Render one artefact by name: a figure from one protocol of its runs (`protocol`, else
     choose_protocol's default), a table from every protocol (or `protocol`). ImageNet artefacts read only
     runs on ImageNet; the *_imagenette ones only Imagenette runs."""
@@ -311,7 +322,7 @@ def render(name: str, results: Path, out: Path, explicit: list[Path] | None = No
         return fig4(chosen, out, scope=scope, data=data, **kw)
     resp = read_responses(sorted(set(chosen.path))) if not chosen.empty else read_responses([])
     resp = resp[resp.path.isin(set(final_rows(chosen).path))] if not resp.empty else resp
-    return fig7(resp, out, scope=scope)
+    return fig7(resp, out, scope=scope, measure=fig7_measure)
 
 
 if __name__ == "__main__":  # `python -m repro.plots ...`: the command line lives in repro.cli

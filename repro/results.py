@@ -29,6 +29,7 @@ from .protocol import description, deviations, identity, label, protocol_key
 #   test_err    top-1 error (fraction) over the whole test set: the paper's bold curves
 #   wall_time   seconds of training so far (summed over resumes); the only column that varies run to run
 COLUMNS = ("step", "epoch", "lr", "train_loss", "train_err", "test_loss", "test_err", "wall_time")
+EXPLAIN_COLUMNS = ("gamma_abs_mean", "beta_std", "branch_over_shortcut")  # responses.csv beside std (repro.analysis)
 VAL_COLUMNS = ("val_loss", "val_err")  # with data.val_size: the held-out tail of the training set
 # Joined onto every row: who the run is (path: its identity; exp and run are only names), its protocol
 # (repro.protocol: the readable label, a key for grouping, the number of deviations from the paper and the
@@ -182,15 +183,16 @@ def unfinished(df: pd.DataFrame) -> list[str]:
 
 
 def read_responses(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Every run's responses.csv (Fig. 7: layer, std) joined with its run's config columns."""
+    """Every run's responses.csv (Fig. 7: layer, std; newer runs also gamma_abs_mean, beta_std and
+    branch_over_shortcut, empty in older files) joined with its run's config columns."""
     frames = []
     for run in find_runs(paths):
         if (run / "responses.csv").exists():
             df = pd.read_csv(run / "responses.csv")
-            if list(df.columns) != ["layer", "std"]:
-                raise ResultsError(f"{run / 'responses.csv'} must have the columns layer,std; got {list(df.columns)}")
-            frames.append(df.assign(**run_info(run)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["layer", "std", *INFO_COLUMNS])
+            if list(df.columns[:2]) != ["layer", "std"]:
+                raise ResultsError(f"{run / 'responses.csv'} must start with the columns layer,std; got {list(df.columns)}")
+            frames.append(df.reindex(columns=["layer", "std", *EXPLAIN_COLUMNS]).assign(**run_info(run)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["layer", "std", *EXPLAIN_COLUMNS, *INFO_COLUMNS])
 
 
 def read_finals(paths: Iterable[str | Path]) -> pd.DataFrame:
