@@ -16,8 +16,9 @@ import torch
 
 from .data import ImageData, normalize
 from .models import Block, ResNet
+from .results import EXPLAIN_COLUMNS
 
-COLUMNS = ["layer", "std", "gamma_abs_mean", "beta_std", "branch_over_shortcut"]  # responses.csv
+COLUMNS = ["layer", "std", *EXPLAIN_COLUMNS]  # responses.csv (its reader: repro.results.read_responses)
 
 
 @torch.no_grad()
@@ -55,10 +56,6 @@ def response_stats(model: ResNet, x: torch.Tensor, mean: torch.Tensor, batch_siz
         k = index[id(b.layers[-1][1])]  # the branch's output is its last conv's BN output, a response
         rows[k]["branch_over_shortcut"] = std[k] / std[len(layers) + j] if std[len(layers) + j] > 0 else float("inf")
     return rows
-
-
-def response_std(model: ResNet, x: torch.Tensor, mean: torch.Tensor, batch_size: int = 1000) -> list[float]:
-    return [r["std"] for r in response_stats(model, x, mean, batch_size)]
 
 
 def format_rows(rows: list[dict]) -> list[list[str]]:

@@ -223,18 +223,24 @@ FIG6_NETS = [(d, "none") for d in (20, 32, 44, 56)] + [(d, "A") for d in (20, 32
 FIG6_IMAGES = 64_000 * 128  # iterations x mini-batch per net (§4.2)
 
 
+def sec_per_image(images_per_s: dict[tuple[int, str], float], depth: int, shortcut: str) -> float | None:
+    """Seconds per trained image of (depth, shortcut) from measured throughputs ((depth, shortcut) -> images/s).
+    They grow linearly with depth (every stage adds the same blocks), so a depth not measured is interpolated
+    (or extrapolated) on the line through the measured depths of the same shortcut; None with fewer than 2."""
+    points = sorted((d, 1 / rate) for (d, s), rate in images_per_s.items() if s == shortcut)
+    if len(points) < 2:
+        return None
+    (d0, t0), (d1, t1) = next(((a, b) for a, b in zip(points, points[1:]) if depth <= b[0]), points[-2:])
+    return t0 + (t1 - t0) * (depth - d0) / (d1 - d0)
+
+
 def project_fig6(images_per_s: dict[tuple[int, str], float]) -> dict | None:
-    """Hours for the Fig. 6 sweep run one net after another at the measured throughputs ((depth, shortcut)
-    -> images/s). Seconds per image grow linearly with depth (every stage adds the same blocks), so depths
-    not measured are interpolated (or extrapolated) on the line through the measured depths of the same
-    shortcut."""
+    """Hours for the Fig. 6 sweep run one net after another at the measured throughputs (sec_per_image)."""
     hours = {}
     for depth, sc in FIG6_NETS:
-        points = sorted((d, 1 / rate) for (d, s), rate in images_per_s.items() if s == sc)
-        if len(points) < 2:
+        if (per := sec_per_image(images_per_s, depth, sc)) is None:
             return None
-        (d0, t0), (d1, t1) = next(((a, b) for a, b in zip(points, points[1:]) if depth <= b[0]), points[-2:])
-        hours[display_name(depth, sc)] = FIG6_IMAGES * (t0 + (t1 - t0) * (depth - d0) / (d1 - d0)) / 3600
+        hours[display_name(depth, sc)] = FIG6_IMAGES * per / 3600
     return {"per_net_hours": hours, "sequential_hours": sum(hours.values()),
             "note": "projected from this run's throughputs; 32/44 interpolated by depth; excludes evaluations"}
 

@@ -19,7 +19,6 @@ given. Each section that fails is recorded in the JSON with its error; the other
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import statistics
@@ -31,13 +30,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .bench import FIG6_NETS, parse_nets
+from .bench import FIG6_NETS, our_net, parse_nets, sec_per_image, timed
 from .data import load_image_data
 from .fast import resolve_fast
 from .graph import make_step
 from .lifecycle import Trainee
-from .models import build_model
 from .names import display_name
+from .pack import on_stream
 from .runtime import configure_backends
 from .sources import cifar_source
 
@@ -51,45 +50,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(depth: int, shortcut: str, data, device: torch.device, graph: bool, seed: int = 0):
-    """A run's step as the loop makes it (data shared), its evaluation, and its CUDA stream."""
+def build(depth: int, shortcut: str, data, device: torch.device, graph: bool):
+    """A run's step as the loop makes it (data shared; the bench's seeded net), its evaluation, its CUDA stream."""
     fast = resolve_fast(OmegaConf.create({"graph": graph}), device)
-    torch.manual_seed(seed)
-    model = build_model("cifar10", depth, shortcut)
-    net = fast.apply(model, device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fast.fused_sgd)
-    t = Trainee(model, net, net, opt, None, fast.graph)
-    src = cifar_source({"eval_batch_size": 1000}, BATCH, seed, device, data=data)
+    net, opt, _ = our_net(fast, device, "cifar10", depth, shortcut)
+    t = Trainee(net, net, net, opt, None, fast.graph)
+    src = cifar_source({"eval_batch_size": 1000}, BATCH, 0, device, data=data)
     sums = torch.zeros(2, 3, dtype=torch.float64, device=device)
     step = make_step(t, src, sums, 1, 0, device, display_name(depth, shortcut))
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     return step, src, net, stream
 
 
-def on(stream):
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-
-
 def rate(runs, device: torch.device, windows: int, steps: int, warm: int) -> dict:
-    """Aggregate images/s of `runs` [(step, stream)] stepped in turn (one run: that run's rate)."""
+    """Aggregate images/s of `runs` [(step, stream)] stepped in turn (one run: that run's rate); the untimed
+    `warm` rounds hold the eager warm-up steps and the capture."""
     at = [0] * len(runs)
 
     def round_():
         for i, (step, stream) in enumerate(runs):
-            with on(stream):
+            with on_stream(stream):
                 step(at[i], 0.1)
             at[i] += 1
 
-    for _ in range(warm):  # the eager warm-up steps and the capture happen here
-        round_()
-    sync(device)
-    secs = []
-    for _ in range(windows):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            round_()
-        sync(device)
-        secs.append((time.perf_counter() - t0) / steps)
+    secs = timed(round_, windows, steps, warm, lambda: sync(device))
     return {"images_per_s": len(runs) * BATCH / statistics.median(secs), "windows_s_per_round": secs}
 
 
@@ -99,16 +83,6 @@ def eval_seconds(src, net, device: torch.device) -> float:
     t0 = time.perf_counter()
     src.splits["test"](net).tolist()
     return time.perf_counter() - t0
-
-
-def sec_per_image(rates: dict, depth: int, shortcut: str) -> float | None:
-    """Seconds per trained image of (depth, shortcut), on the line through the measured depths of the same
-    shortcut (cost grows linearly with depth: every stage adds the same blocks); None when < 2 are measured."""
-    pts = sorted((d, 1 / r) for (d, s), r in rates.items() if s == shortcut)
-    if len(pts) < 2:
-        return None
-    (d0, t0), (d1, t1) = next(((a, b) for a, b in zip(pts, pts[1:]) if depth <= b[0]), pts[-2:])
-    return t0 + (t1 - t0) * (depth - d0) / (d1 - d0)
 
 
 def project(eager: dict, graphed: dict, packed: dict | None, evals: dict) -> dict:
@@ -174,7 +148,7 @@ def grouped_conv(device: torch.device, windows: int, steps: int) -> list[dict]:
 
 
 def graph_time(fn, device: torch.device, windows: int, steps: int) -> float:
-    """Seconds per replay of `fn` captured as a CUDA graph (eager on the CPU)."""
+    """Seconds per replay of `fn` captured as a CUDA graph (after 3 eager calls on a side stream)."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
@@ -184,15 +158,7 @@ def graph_time(fn, device: torch.device, windows: int, steps: int) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    secs = []
-    for _ in range(windows):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            g.replay()
-        sync(device)
-        secs.append((time.perf_counter() - t0) / steps)
-    return statistics.median(secs)
+    return statistics.median(timed(g.replay, windows, steps, 1, lambda: sync(device)))
 
 
 def section(report: dict, key: str, fn):

@@ -304,7 +304,8 @@ class BatchStream:
         self.off = torch.zeros(window, 2, per, dtype=torch.long, device=dev)
         self.flip = torch.zeros(window, per, dtype=torch.bool, device=dev)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # the window row the next `take` reads
-        self.begin = self.end = self.next = -1  # the window holds steps [begin, end); `next` is at `pos`
+        # the window holds steps [begin, begin + window) (none yet); `next` is the step at `pos`
+        self.begin = self.next = -self.window - 1
 
     def _perm(self, epoch: int) -> torch.Tensor:
         """Epoch `epoch`'s order (drawn on the CPU, the same on every device)."""
@@ -342,15 +343,14 @@ class BatchStream:
             host = torch.stack(part)
             buf.copy_(host.pin_memory() if pin else host, non_blocking=pin)
         self.pos.zero_()
-        self.begin, self.end = start, start + self.window
+        self.begin = start
 
     def prepare(self, step: int) -> None:
         """Make the next `take` give `step`'s batch (outside the step: it may upload a window)."""
-        if step != self.next or not self.begin <= step < self.end:
-            if self.begin <= step < self.end:
-                self.pos.fill_(step - self.begin)
-            else:
-                self._fill(step)
+        if not self.begin <= step < self.begin + self.window:
+            self._fill(step)
+        elif step != self.next:  # a jump inside the window (the counter is on the device: set it)
+            self.pos.fill_(step - self.begin)
         self.next = step + 1
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -41,6 +42,21 @@ def same_device(meta: dict, device: torch.device) -> bool:
     if device.type == "cuda":
         return where.startswith(torch.cuda.get_device_name(device))
     return where.startswith("cpu")
+
+
+def summary(rows: list[dict], model) -> dict:
+    """What the responses say in a few numbers: their median std, the BNs' mean |gamma| (median, range), and the
+    branch-over-shortcut std ratio, median over all residual blocks and per stage (none for a plain net)."""
+    ratios = [r["branch_over_shortcut"] for r in rows if r["branch_over_shortcut"] is not None]
+    gammas = [r["gamma_abs_mean"] for r in rows]
+    by_stage, at = [], 0
+    for stage in model.stages if ratios else []:  # residual blocks are the ratio rows, in layer order
+        by_stage.append(statistics.median(ratios[at:at + len(stage)]))
+        at += len(stage)
+    return {"std_median": statistics.median(r["std"] for r in rows), "gamma_abs_mean_median": statistics.median(gammas),
+            "gamma_abs_mean_range": [min(gammas), max(gammas)],
+            "branch_over_shortcut_median": statistics.median(ratios) if ratios else None,
+            "branch_over_shortcut_by_stage": by_stage}
 
 
 def reevaluate(run_dir: Path, device_name: str = "auto", data_root: str | None = None) -> dict:
@@ -76,9 +92,9 @@ def reevaluate(run_dir: Path, device_name: str = "auto", data_root: str | None =
            "test_loss": loss_sum / n, "logged_test_loss": float(last.test_loss), "test_images": int(n)}
     out["test_err_agrees"] = out["test_err"] == out["logged_test_err"] if exact else \
         abs(out["test_err"] - out["logged_test_err"]) <= 2 / n  # another device: a borderline image may flip
-    if src.tensors is not None:
-        model.float()
-        rows = response_stats(model.to(device), src.tensors.test_x, src.tensors.mean, cfg.data.eval_batch_size)
+    if src.tensors is not None:  # the model as finish() measured it: fp32, its weights' layout as trained
+        rows = response_stats(model, src.tensors.test_x, src.tensors.mean, cfg.data.eval_batch_size)
+        out["explain"] = summary(rows, model)
         now = format_rows(rows)
         out["responses"] = [dict(zip(COLUMNS, r)) for r in now]
         if (run_dir / "responses.csv").exists():
@@ -108,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
           f"over {r['test_images']} images -> {'agrees' if r['test_err_agrees'] else 'DIFFERS'} {how}")
     if "responses_agree" in r:
         print(f"[evaluate] responses.csv (layer, std): {'agrees' if r['responses_agree'] else 'DIFFERS'}")
+    if (e := r.get("explain")) is not None:
+        lo, hi = e["gamma_abs_mean_range"]
+        ratio = "none (plain net)" if e["branch_over_shortcut_median"] is None else \
+            f"median {e['branch_over_shortcut_median']:.2f}, by stage " + \
+            " / ".join(f"{v:.2f}" for v in e["branch_over_shortcut_by_stage"])
+        print(f"[evaluate] responses: std median {e['std_median']:.2f}; BN mean |gamma| median "
+              f"{e['gamma_abs_mean_median']:.2f} ({lo:.2f}-{hi:.2f}); branch std / shortcut std {ratio}")
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n")
     return 0 if r["agrees"] else 1

@@ -55,18 +55,13 @@ class EagerStep:
     kind = "eager"
 
     def __init__(self, t, src: Source, sums: torch.Tensor, splits: int, start: int):
-        self.t, self.src, self.sums, self.splits = t, src, sums, splits
+        self.t, self.sums, self.splits = t, sums, splits
         self.no_sync = t.ddp.no_sync if t.ddp is not None else None  # DDP: split chunks all-reduce once per step
-        self.batches = src.batches(start) if src.stream is None else None  # loader workers' batches
+        self.batches = src.batches(start)  # the batches of steps start, start+1, ... (step is their position)
 
     def __call__(self, step: int, lr: float) -> None:
         set_lr(self.t.opt, lr)
-        if self.batches is None:
-            self.src.stream.prepare(step)
-            x, y = self.src.stream.take()
-        else:
-            x, y = next(self.batches)
-        train_step(self.t.step_net, self.t.opt, x, y, self.sums, self.splits, self.no_sync)
+        train_step(self.t.step_net, self.t.opt, *next(self.batches), self.sums, self.splits, self.no_sync)
 
 
 class GraphStep:
@@ -80,7 +75,6 @@ class GraphStep:
         self.lr: float | None = None
         self.eager_left = WARMUP
         self.side = torch.cuda.Stream(device=sums.device)
-        self.captures = 0
         if torch.are_deterministic_algorithms_enabled():
             # deterministic mode fills every new tensor with NaN (extra kernels in every replay); nothing here
             # reads memory it has not written
@@ -108,7 +102,6 @@ class GraphStep:
             with torch.cuda.graph(graph):
                 self._step()
             self.graph, self.lr = graph, lr
-            self.captures += 1
         self.graph.replay()
 
 

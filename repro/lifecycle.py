@@ -192,16 +192,16 @@ class Run:
     def end(self, status: str) -> None:
         """After the loop returned `status` ('done', 'diverged' or 'preempted', whose checkpoint and mark the
         loop wrote): the finished run's weights and analyses, its status."""
-        if status != "preempted":
+        if status != "preempted":  # a preempted run's checkpoint and mark are already on disk (the loop's)
             self.rec.close()
-        if self.out_dir and status != "preempted":
-            if status == "done":
-                cfg = self.cfg
-                finish(self.t.model, self.src, self.dir, self.device, save_model=cfg.save_model,
-                       analyze_responses=cfg.analyze_responses, final_crops=cfg.final_crops,
-                       eval_batch_size=cfg.data.eval_batch_size, workers=cfg.data.get("workers"))
-            update_meta(self.dir, status=status, end_time=now_iso())
-            print(f"[train] {self.dir}: {status}", flush=True)
+            if self.out_dir:
+                if status == "done":
+                    cfg = self.cfg
+                    finish(self.t.model, self.src, self.dir, self.device, save_model=cfg.save_model,
+                           analyze_responses=cfg.analyze_responses, final_crops=cfg.final_crops,
+                           eval_batch_size=cfg.data.eval_batch_size, workers=cfg.data.get("workers"))
+                update_meta(self.dir, status=status, end_time=now_iso())
+                print(f"[train] {self.dir}: {status}", flush=True)
         if self.world > 1:  # the other ranks wait for rank 0's final writes: tearing gloo down under it can abort them
             dist.barrier()
 

@@ -119,8 +119,6 @@ def train_pack(jobs: Sequence[Job], runs_at_once: int) -> list[str]:
                     user = isinstance(e, USER_ERRORS)
                     fail(i, job, str(e) if user else f"{type(e).__name__}: {e}", "error" if user else "failed")
                     if r is not None:
-                        if r.rec is not None:
-                            r.failed(e)
                         r.close()
             for entry in list(active):
                 i, slot = entry

@@ -184,12 +184,14 @@ FIG7_NETS = [(20, "none"), (56, "none"), (20, "A"), (56, "A"), (110, "A")]
 FIG7_MEASURES = {  # responses.csv column -> (axis label, what the caption says is drawn)
     "std": ("std", "Responses are the outputs of each 3x3 layer after BN, before the nonlinearity and addition."),
     "branch_over_shortcut": ("branch std / shortcut std", "Drawn: per residual block, the std of its branch's "
-                             "output over its shortcut's (on the row of the block's last layer; plain nets have none)."),
+                             "output over its shortcut's (on the row of the block's last layer; plain nets have "
+                             "none)."),
     "gamma_abs_mean": ("mean |gamma|", "Drawn: the mean |gamma| of each 3x3 layer's BN."),
 }
 
 
-def fig7(resp: pd.DataFrame, out: Path, nets: list[Net] | None = None, scope: str = "", measure: str = "std") -> Artefact:
+def fig7(resp: pd.DataFrame, out: Path, nets: list[Net] | None = None, scope: str = "",
+         measure: str = "std") -> Artefact:
     """Fig. 7: std of layer responses on the test set, in layer order (top) and sorted (bottom); `measure`
     draws another responses.csv column instead (FIG7_MEASURES). `nets` defaults to the paper's (plain-20/56,
     ResNet-20/56/110)."""

@@ -185,14 +185,15 @@ def unfinished(df: pd.DataFrame) -> list[str]:
 def read_responses(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Every run's responses.csv (Fig. 7: layer, std; newer runs also gamma_abs_mean, beta_std and
     branch_over_shortcut, empty in older files) joined with its run's config columns."""
-    frames = []
+    frames, columns = [], ["layer", "std", *EXPLAIN_COLUMNS]
     for run in find_runs(paths):
         if (run / "responses.csv").exists():
             df = pd.read_csv(run / "responses.csv")
             if list(df.columns[:2]) != ["layer", "std"]:
-                raise ResultsError(f"{run / 'responses.csv'} must start with the columns layer,std; got {list(df.columns)}")
-            frames.append(df.reindex(columns=["layer", "std", *EXPLAIN_COLUMNS]).assign(**run_info(run)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["layer", "std", *EXPLAIN_COLUMNS, *INFO_COLUMNS])
+                raise ResultsError(f"{run / 'responses.csv'} must start with the columns layer,std; "
+                                   f"got {list(df.columns)}")
+            frames.append(df.reindex(columns=columns).assign(**run_info(run)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, *INFO_COLUMNS])
 
 
 def read_finals(paths: Iterable[str | Path]) -> pd.DataFrame:

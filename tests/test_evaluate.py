@@ -47,6 +47,12 @@ def test_gamma_beta_and_the_branch_over_shortcut_ratio_on_a_net_with_known_numbe
     padded = torch.cat([(b[2] + stem).relu(), torch.zeros(16)])
     assert rows[4]["branch_over_shortcut"] == pytest.approx(pop_std(b[4]) / pop_std(padded), rel=1e-6)
     assert [r["layer"] for r in rows if r["branch_over_shortcut"] is not None] == [3, 5, 7]  # each block's last
+    from repro.evaluate import summary
+
+    said = summary(rows, model)  # one block per stage: each stage's median is its block's ratio
+    assert said["branch_over_shortcut_by_stage"] == [rows[2]["branch_over_shortcut"], rows[4]["branch_over_shortcut"],
+                                                    rows[6]["branch_over_shortcut"]]
+    assert said["gamma_abs_mean_range"] == [min(r["gamma_abs_mean"] for r in rows), max(r["gamma_abs_mean"] for r in rows)]
     plain = build_model("cifar10", 8, "none")
     assert all(r["branch_over_shortcut"] is None for r in response_stats(plain, torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
                                                                          torch.zeros(3, 32, 32)))
