@@ -35,7 +35,7 @@ from .fast import Fast, resolve_fast, tune_cpu_allocator
 from .models import build_model, count_macs
 from .names import display_name
 from .runtime import configure_backends
-from .train import train_step
+from .graph import train_step
 
 CIFAR_NETS = [(20, "A"), (20, "none"), (56, "A"), (56, "none"), (110, "A"), (110, "none")]
 SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}  # the paper's SGD (§3.4, §4.2), both pipelines

@@ -23,11 +23,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from .checkpoint import SignalFlag, State, fault_point, load_checkpoint  # noqa: F401 (load_checkpoint: tests)
+from .checkpoint import SignalFlag, State, fault_point
 from .data import DataError
 from .fast import FastConfigError
-from .graph import make_step, train_step  # noqa: F401 (train_step: the step, for tests and the bench)
-from .lifecycle import PeerLost, Run, Trainee, run_dir_for, same_data  # noqa: F401 (re-exported)
+from .graph import make_step
+from .lifecycle import PeerLost, Run, Trainee
 from .names import display_name
 from .recorder import Recorder
 from .results import ResultsError

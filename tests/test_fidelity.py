@@ -18,7 +18,8 @@ import torch
 from repro.fast import Fast, FastConfigError, native_bf16, resolve_fast
 from repro.models import build_model
 from repro.results import curve_gaps
-from repro.train import run, train_step
+from repro.graph import train_step
+from repro.train import run
 from conftest import compose, tiny_run_overrides
 
 # bf16 moves these short curves about as much as a seed does (README "Performance" has the measured

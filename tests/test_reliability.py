@@ -12,7 +12,9 @@ import torch
 
 from repro.results import read_meta
 from repro.rundir import prepare_run_dir, run_diff
-from repro.train import ConfigError, load_checkpoint, run
+from repro.checkpoint import load_checkpoint
+from repro.runtime import ConfigError
+from repro.train import run
 from repro.models import build_model
 from conftest import ROOT, compose, python, write_cifar_folder
 
@@ -277,7 +279,7 @@ def test_split_steps_under_ddp_all_reduce_once():
     step, not one per chunk)."""
     import contextlib
 
-    from repro.train import train_step
+    from repro.graph import train_step
 
     entered = []
 
@@ -317,7 +319,7 @@ def test_a_run_is_not_resumed_on_other_data_put_in_its_folder(tmp_path, monkeypa
 
 def test_a_finished_run_counts_as_the_same_data_by_its_md5s_not_its_folder(tmp_path):
     from repro.data import cifar_fingerprint
-    from repro.train import same_data
+    from repro.lifecycle import same_data
 
     data = tmp_path / "d"
     write_cifar_folder(data)
