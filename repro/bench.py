@@ -175,27 +175,33 @@ def measure_reference(cifar: Path, depth: int, shortcut: str, device: torch.devi
     return {**throughput(step, device, batch, windows, steps), "workers": workers}
 
 
-def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch: int, windows: int, steps: int) -> dict:
-    """Our ImageNet path: torchvision ImageFolder + the paper's augmentation in loader workers, or (no
-    folder given) synthetic 224x224 tensors, which measures the model alone."""
+def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch: int, windows: int, steps: int,
+                     decoder: str = "auto", decode: str = "cpu", workers="auto") -> dict:
+    """Our ImageNet path end to end: loader workers (repro.imagenet: uint8 crops, or bytes for data.decode=cuda)
+    and the device tail feeding the training step, or (no folder given) synthetic 224x224 tensors, which
+    measures the model alone."""
+    from .imagenet import LIGHTING_STD, decode_batch_on_device, load_imagefolder, resolve_workers, tail, train_loader
 
     fast = our_fast(device)
     model, opt, sums = our_net(fast, device, "imagenet", depth, "A", num_classes=1000)
     if root is not None:
-        from .imagenet import load_imagefolder, train_loader
+        data = load_imagefolder(name="imagenet", root=root, decoder=decoder, decode=decode)
+        workers = resolve_workers(workers)
+        batches = iter(train_loader(data, batch, 0, 0, 10**6, workers))
 
-        data = load_imagefolder(name="imagenette", root=root)
-        loader = train_loader(data, batch, 0, 0, 10**6, workers=2)
-        it = iter(loader)
-        source = f"ImageFolder {root}"
+        def next_batch():
+            b = next(batches)
+            x, alpha, y = decode_batch_on_device(b, device, data.decoder) if decode == "cuda" else b
+            return tail(x, alpha, LIGHTING_STD, device), y.to(device, non_blocking=True)
+        source = f"{data.source}, {workers} workers"
     else:
         x0, y0 = torch.randn(batch, 3, 224, 224, device=device), torch.randint(0, 1000, (batch,), device=device)
-        it = iter(lambda: (x0, y0), None)
+        next_batch = lambda: (x0, y0)  # noqa: E731
         source = "synthetic tensors (model only)"
 
     def step():
-        x, y = next(it)
-        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True), sums)
+        x, y = next_batch()
+        train_step(model, opt, x, y, sums)
 
     return {**throughput(step, device, batch, windows, steps, warmup=1), "data": source, "fast": vars(fast)}
 
@@ -281,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time ResNet-20/56 with the fast switches off one after another")
     p.add_argument("--concurrent", action=argparse.BooleanOptionalAction, default=True,
                    help="CPU: also time 2 runs x 1 thread against 1 run on all threads (ResNet-20, the demo's nets)")
+    p.add_argument("--loader", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the ImageNet loader alone, before and after (repro.bench_loader), per worker")
     p.add_argument("--out", type=Path, default=Path("plots/bench.json"))
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
@@ -302,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   f"{torch.get_num_threads()} threads",
         "torch": torch.__version__, "method": __doc__.split("\n\n")[1], "data": data_note,
         "fast": vars(our_fast(device, apply=False)), "cifar10": [], "ablation": [], "concurrent": [], "imagenet": [],
+        "imagenet_loader": [],
     }
     print(f"[bench] {report['device']}; fast path here: {report['fast']}", flush=True)
     measured = {}  # (depth, shortcut) -> its row, for the ablation and the projection
@@ -343,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
                                    "ours_tflops": tflops(r["images_per_s"], macs)})
         print(f"{'ResNet-' + str(depth):>10}: ours {r['images_per_s']:8.1f} img/s (batch {inet_batch}, {r['data']})",
               flush=True)
+    if args.loader:
+        from .bench_loader import loader_rows
+
+        report["imagenet_loader"] = isolated(loader_rows, args.imagenet, device, repeats=1 if args.quick else 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

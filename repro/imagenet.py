@@ -3,81 +3,191 @@ augmentation (§3.4): shorter side resized to a random size in [256, 480], a ran
 horizontal flip, mean subtraction, AlexNet's PCA colour (lighting) augmentation; evaluation on the centre
 224 crop of the image resized to 256 (curves, Fig. 4) or on 10 crops (Tables 2, 3; 10-crop testing [21]).
 
-Loading uses torchvision's readers and transforms with worker processes and pinned memory; batches are
-drawn by a stream that, like the CIFAR one, is a pure function of (seed, step) and so resumes exactly.
+Where the work happens. A loader worker reads a file, decodes it (`decoder`: torchcodec's tensor decoder
+where installed, else torchvision's, else PIL), resizes and crops it, and hands over the 224x224 crop as
+uint8 (a quarter of float32's bytes through shared memory, pinning and the host-to-device copy). The float
+conversion, the lighting shift and the mean subtraction run once per batch on the training device (`tail`).
+With `data.decode=cuda` the workers only read bytes and the training process decodes a batch at once on the
+GPU (nvJPEG); files the GPU decoder does not take (progressive, greyscale, CMYK, not a JPEG) are decoded by
+the worker on the CPU, per file.
+
+Every random draw (scale, crop offsets, flip, lighting alphas) is `draw(seed, position)`, a pure function of
+the sample's position in the run's stream (`StreamDataset`), so a run resumes exactly and a global batch is
+the same however it is split over processes or workers. `STREAM` (repro.protocol) numbers this stream: a
+run started on another one is refused rather than continued on different draws.
 """
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from .data import DataError
 
 MEAN = (0.485, 0.456, 0.406)  # per-channel ImageNet mean: with random rescaling, the per-pixel mean is flat
-STD = (1.0, 1.0, 1.0)  # §3.4 subtracts the mean only (no division by the std)
 # AlexNet's PCA lighting (Krizhevsky et al. 2012, §4.1), eigen-decomposition of ImageNet RGB covariance
-# (the values fb.resnet.torch uses), on images scaled to [0, 1].
+# (the values fb.resnet.torch uses), on images scaled to [0, 1]. §3.4 subtracts the mean only (no std).
 EIGVAL = (0.2175, 0.0188, 0.0045)
 EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 LIGHTING_STD = 0.1
 SCALES = (256, 480)  # §3.4: shorter side in [256, 480]
 CROP, RESIZE = 224, 256
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
+DECODERS = ("auto", "torchcodec", "torchvision", "pil")
+DECODE_ON = ("cpu", "cuda")
 
 
-class Lighting(torch.nn.Module):
-    """AlexNet-style PCA colour augmentation: add sum_i alpha_i * eigval_i * eigvec_i, alpha ~ N(0, std)."""
+# ---- the draws: a pure function of (seed, stream position) ----
 
-    def __init__(self, std: float = LIGHTING_STD):
-        super().__init__()
-        self.std = std
-        self.register_buffer("eigval", torch.tensor(EIGVAL))
-        self.register_buffer("eigvec", torch.tensor(EIGVEC))
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if self.std == 0:
-            return img
-        alpha = torch.randn(3) * self.std
-        rgb = self.eigvec @ (alpha * self.eigval)
-        return img + rgb.view(3, 1, 1)
+@dataclass(frozen=True)
+class Draw:
+    scale: int  # the shorter side after resizing, in SCALES
+    top: float  # crop offsets as fractions in [0, 1) of the room left around the crop
+    left: float
+    flip: bool
+    alpha: tuple[float, float, float]  # N(0, 1) lighting coefficients (scaled by data.lighting on the device)
 
 
-def train_transform(lighting: float = LIGHTING_STD) -> v2.Compose:
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomShortestSize(min_size=list(range(SCALES[0], SCALES[1] + 1)), antialias=True),
-        v2.RandomCrop(CROP),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        Lighting(lighting),
-        v2.Normalize(MEAN, STD),
-    ])
+def draw(seed: int, position: int) -> Draw:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + position)
+    u = torch.rand(4, generator=g, dtype=torch.float64).tolist()
+    alpha = torch.randn(3, generator=g, dtype=torch.float64).tolist()
+    span = SCALES[1] - SCALES[0] + 1
+    return Draw(SCALES[0] + min(int(u[0] * span), span - 1), u[1], u[2], u[3] < 0.5, tuple(alpha))
 
 
-def eval_transform(crops: int = 1) -> v2.Compose:
-    """Centre crop (crops=1) or the 10-crop views (4 corners + centre, and their flips) as (10, 3, 224, 224)."""
-    crop = v2.CenterCrop(CROP) if crops == 1 else v2.TenCrop(CROP)
-    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
-    if crops == 1:
-        return v2.Compose([v2.ToImage(), v2.Resize(RESIZE, antialias=True), crop, *tail])
-    return v2.Compose([v2.ToImage(), v2.Resize(RESIZE, antialias=True), crop, StackViews(v2.Compose(tail))])
+# ---- decoding ----
+
+def _torchcodec():
+    try:
+        from torchcodec.decoders import decode_image
+    except Exception:  # not installed, or installed without its libraries: the fallback says so
+        return None
+    return lambda data: decode_image(data, mode="RGB")
 
 
-class StackViews(torch.nn.Module):
-    """TenCrop's 10 views, each normalised, as one (10, 3, H, W) tensor (a named module, so it pickles)."""
+def _torchvision():
+    from torchvision.io import ImageReadMode, decode_image
+    return lambda data: _quiet(decode_image, data, mode=ImageReadMode.RGB)
 
-    def __init__(self, per_view):
-        super().__init__()
-        self.per_view = per_view
 
-    def forward(self, views) -> torch.Tensor:
-        return torch.stack([self.per_view(v) for v in views])
+def _quiet(fn, *args, **kwargs):
+    """torchvision's decoders, without their deprecation warning (0.29: use torchcodec; kept as the fallback)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return fn(*args, **kwargs)
 
+
+def _pil(data: torch.Tensor):
+    from PIL import Image
+    return Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB")
+
+
+def resolve_decoder(name: str) -> str:
+    """The decoder `name` stands for here: 'auto' is torchcodec where it imports, else torchvision."""
+    if name not in DECODERS:
+        raise DataError(f"data.decoder={name!r} is not one of {', '.join(DECODERS)}")
+    if name == "auto":
+        return "torchcodec" if _torchcodec() is not None else "torchvision"
+    if name == "torchcodec" and _torchcodec() is None:
+        raise DataError("data.decoder=torchcodec but torchcodec does not import: pip install 'repro[decode]' "
+                        "(or torchcodec), or set data.decoder=auto")
+    return name
+
+
+def decoder_fn(name: str) -> Callable[[torch.Tensor], object]:
+    """bytes (1-D uint8 tensor) -> an RGB image: a (3, H, W) uint8 tensor, or for 'pil' a PIL image (so the
+    geometry below runs in PIL, as torchvision's PIL transforms do)."""
+    return {"torchcodec": _torchcodec, "torchvision": _torchvision, "pil": lambda: _pil}[resolve_decoder(name)]()
+
+
+def read_bytes(path: str) -> torch.Tensor:
+    with open(path, "rb") as f:
+        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+
+
+def decode(path: str, data: torch.Tensor, decoder: Callable):
+    """The image in `data` (read from `path`); a file the tensor decoder refuses (an odd JPEG, a PNG under a
+    .JPEG name) goes to PIL, and one nobody can read is a DataError naming the file."""
+    try:
+        return decoder(data)
+    except Exception as first:
+        if decoder is _pil:
+            raise DataError(f"cannot decode {path}: {str(first).splitlines()[0]}; replace or remove the file") from None
+        try:
+            return F.pil_to_tensor(_pil(data))
+        except Exception as e:
+            raise DataError(f"cannot decode {path}: {str(e).splitlines()[0]}; replace or remove the file") from None
+
+
+def gpu_decodable(data: torch.Tensor) -> bool:
+    """Whether nvJPEG's batched decode takes these bytes: a baseline (sequential) JPEG with 3 components.
+    Progressive, greyscale, CMYK and non-JPEG files are decoded on the CPU instead."""
+    b = data.numpy().tobytes() if isinstance(data, torch.Tensor) else data
+    if b[:2] != b"\xff\xd8":
+        return False
+    i = 2
+    while i + 4 <= len(b):
+        if b[i] != 0xFF:
+            return False
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(b[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1):  # SOF0/SOF1: baseline / extended sequential Huffman
+            return i + 9 < len(b) and b[i + 9] == 3
+        if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # progressive, lossless, arithmetic
+            return False
+        if marker == 0xDA:  # start of scan before any frame header
+            return False
+        i += 2 + length
+    return False
+
+
+# ---- geometry: one image -> a uint8 view ----
+
+def train_view(img, d: Draw) -> torch.Tensor:
+    """§3.4's training view of `img` under draw `d`: shorter side to d.scale, a 224 crop, maybe flipped (uint8)."""
+    img = F.resize(img, [d.scale], antialias=True)
+    h, w = F.get_size(img)
+    img = F.crop(img, int(d.top * (h - CROP + 1)), int(d.left * (w - CROP + 1)), CROP, CROP)
+    if d.flip:
+        img = F.horizontal_flip(img)
+    return img if isinstance(img, torch.Tensor) else F.pil_to_tensor(img)
+
+
+def eval_view(img, crops: int = 1) -> torch.Tensor:
+    """Shorter side to 256, then the centre 224 crop (3, 224, 224), or the 10 crops (4 corners + centre and
+    their flips) as (10, 3, 224, 224); uint8."""
+    img = F.resize(img, [RESIZE], antialias=True)
+    views = [F.center_crop(img, [CROP])] if crops == 1 else list(F.ten_crop(img, [CROP]))
+    views = [v if isinstance(v, torch.Tensor) else F.pil_to_tensor(v) for v in views]
+    return views[0] if crops == 1 else torch.stack(views)
+
+
+# ---- the device-side tail, once per batch ----
+
+def tail(x: torch.Tensor, alpha: torch.Tensor | None, lighting: float, device: torch.device) -> torch.Tensor:
+    """uint8 (B, 3, H, W) [or (B, V, 3, H, W)] -> float32 on `device`: /255, plus the lighting shift
+    sum_i alpha_i * lighting * eigval_i * eigvec_i (training), minus the mean (§3.4)."""
+    x = x.to(device, non_blocking=True).float().div_(255)
+    shift = -torch.tensor(MEAN, device=device).expand(len(x), 3)
+    if alpha is not None and lighting:
+        eigval, eigvec = torch.tensor(EIGVAL, device=device), torch.tensor(EIGVEC, device=device)
+        shift = shift + (alpha.to(device, torch.float32) * lighting * eigval) @ eigvec.T
+    return x.add_(shift.view(len(x), *[1] * (x.dim() - 4), 3, 1, 1))
+
+
+# ---- folders ----
 
 def check_folder(root: Path, split: str) -> Path:
     folder = Path(root).expanduser() / split
@@ -93,9 +203,13 @@ def check_folder(root: Path, split: str) -> Path:
     return folder
 
 
-def image_folder(root: Path, split: str, transform) -> datasets.ImageFolder:
+Samples = list[tuple[str, int]]  # (path, class index), class folders sorted, as ImageFolder lists them
+
+
+def folder_samples(root: Path, split: str) -> tuple[Samples, list[str]]:
     folder = check_folder(root, split)
-    return datasets.ImageFolder(str(folder), transform=transform)
+    classes, index = datasets.folder.find_classes(str(folder))
+    return datasets.folder.make_dataset(str(folder), index, extensions=IMAGE_EXTS), classes
 
 
 @dataclass
@@ -103,10 +217,13 @@ class ImageFolderData:
     name: str
     source: str
     root: Path
-    train: Dataset  # train/ minus the held-out images, with the training augmentation
-    val: datasets.ImageFolder  # val/: the reported set (Fig. 4's curves, Tables 2 and 3)
+    train: Samples  # train/ minus the held-out images
+    val: Samples  # val/: the reported set (Fig. 4's curves, Tables 2 and 3)
     num_classes: int
-    held_out: Dataset | None = None  # val_size images of train/, centre crop: for the plateau rule
+    held_out: Samples | None = None  # val_size images of train/, evaluated like val/: for the plateau rule
+    lighting: float = LIGHTING_STD
+    decoder: str = "auto"  # as resolved (torchcodec / torchvision / pil)
+    decode_on: str = "cpu"
 
 
 def held_out_indices(n: int, val_size: int) -> list[int]:
@@ -118,24 +235,31 @@ def held_out_indices(n: int, val_size: int) -> list[int]:
 
 
 def load_imagefolder(*, name: str, root: str | Path, lighting: float = LIGHTING_STD, val_size: int = 0,
-                     **_other) -> ImageFolderData:
+                     decoder: str = "auto", decode: str = "cpu", **_other) -> ImageFolderData:
     """The ImageFolder data at `root` (called with the data config group; its loader keys are not about
     what is loaded). `val_size` training images are held out and evaluated like the val set."""
     root = Path(root).expanduser()
-    train = image_folder(root, "train", train_transform(lighting))
-    val = image_folder(root, "val", eval_transform(1))
-    if train.classes != val.classes:
+    if decode not in DECODE_ON:
+        raise DataError(f"data.decode={decode!r} is not one of {', '.join(DECODE_ON)} (where JPEGs are decoded)")
+    if decode == "cuda" and not torch.cuda.is_available():
+        raise DataError("data.decode=cuda needs a CUDA device; set data.decode=cpu")
+    train, classes = folder_samples(root, "train")
+    val, val_classes = folder_samples(root, "val")
+    if classes != val_classes:
         raise DataError(f"train and val class folders differ under {root}: "
-                        f"{sorted(set(train.classes) ^ set(val.classes))[:5]}")
-    data = ImageFolderData(name, f"{name} from {root}", root, train, val, len(train.classes))
+                        f"{sorted(set(classes) ^ set(val_classes))[:5]}")
+    resolved = resolve_decoder(decoder)
+    data = ImageFolderData(name, f"{name} from {root} (decoded by {resolved} on {decode})", root, train, val,
+                           len(classes), lighting=lighting, decoder=resolved, decode_on=decode)
     if val_size:
         held = held_out_indices(len(train), val_size)
         keep = sorted(set(range(len(train))) - set(held))
-        evaluated = datasets.ImageFolder(str(root / "train"), transform=eval_transform(1))
-        data.train, data.held_out = Subset(train, keep), Subset(evaluated, held)
+        data.train, data.held_out = [train[i] for i in keep], [train[i] for i in held]
         data.source += f" ({val_size} training images held out for the lr schedule)"
     return data
 
+
+# ---- datasets and loaders ----
 
 class StepSampler(Sampler[int]):
     """Stream positions of steps [start, total) for one rank: step s covers positions s*B .. s*B+B-1 of an
@@ -154,50 +278,145 @@ class StepSampler(Sampler[int]):
         return (self.total - self.start) * (self.batch // self.world)
 
 
-class StreamDataset(Dataset):
-    """Position p of the stream -> sample perm_e[p mod n] of epoch e = p // n, augmented with the torch RNG
-    seeded by (seed, p): every crop, flip and colour shift is a pure function of the position, so a
-    resumed run, or the same global batch split over ranks, sees exactly the same images."""
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 7919 + epoch + 1)
+    return torch.randperm(n, generator=g)
 
-    def __init__(self, base: Dataset, seed: int):
-        self.base, self.seed, self.n = base, seed, len(base)
-        self._perm: tuple[int, torch.Tensor] | None = None
+
+class StreamDataset(Dataset):
+    """Position p of the stream -> sample order_e[p mod n] of epoch e = p // n, viewed under draw(seed, p):
+    (uint8 crop, lighting alphas, label). With `on_device` (data.decode=cuda) a GPU-decodable file comes
+    back undecoded, as (bytes, draw, label), for the training process to decode a batch at once."""
+
+    def __init__(self, samples: Samples, seed: int, decoder: str = "auto", on_device: bool = False):
+        self.samples, self.seed, self.n, self.decoder_name, self.on_device = samples, seed, len(samples), decoder, on_device
+        self._order: tuple[int, torch.Tensor] | None = None
+        self._decoder = None
 
     def __len__(self) -> int:
         return 2**62
 
     def __getitem__(self, p: int):
         e = p // self.n
-        if self._perm is None or self._perm[0] != e:
-            g = torch.Generator().manual_seed(self.seed * 7919 + e + 1)
-            self._perm = (e, torch.randperm(self.n, generator=g))
-        torch.manual_seed(self.seed * 1_000_003 + p)
-        return self.base[int(self._perm[1][p % self.n])]
+        if self._order is None or self._order[0] != e:
+            self._order = (e, epoch_order(self.seed, e, self.n))
+        path, label = self.samples[int(self._order[1][p % self.n])]
+        d, data = draw(self.seed, p), read_bytes(path)
+        if self.on_device and gpu_decodable(data):
+            return (data, path), d, label
+        self._decoder = self._decoder or decoder_fn(self.decoder_name)  # made in the worker (picklable dataset)
+        return train_view(decode(path, data, self._decoder), d), torch.tensor(d.alpha), label
+
+
+class EvalDataset(Dataset):
+    """(uint8 centre crop, or the 10 crops, label) of each image."""
+
+    def __init__(self, samples: Samples, decoder: str = "auto", crops: int = 1):
+        self.samples, self.decoder_name, self.crops = samples, decoder, crops
+        self._decoder = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        self._decoder = self._decoder or decoder_fn(self.decoder_name)
+        return eval_view(decode(path, read_bytes(path), self._decoder), self.crops), label
+
+
+def collate_mixed(items):
+    """A batch of a decode=cuda stream: the crops the workers made, and the bytes left for the GPU."""
+    return items
+
+
+def default_workers(processes_per_host: int = 1) -> int:
+    """Loader workers per training process: the host's cores shared by its processes, one core left to each
+    process itself, at most 16 (torchvision's reference default)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cores // max(1, processes_per_host) - 1))
+
+
+def resolve_workers(value, processes_per_host: int = 1) -> int:
+    if value in (None, "auto"):
+        return default_workers(processes_per_host)
+    if not isinstance(value, int) or value < 0:
+        raise DataError(f"data.workers={value!r}: use auto or a count >= 0 (0 = load in the training process)")
+    return value
+
+
+def _loader(dataset, batch_size: int, workers: int, **kw) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None, **kw)
 
 
 def train_loader(data: ImageFolderData, batch_size: int, seed: int, start_step: int, total_steps: int,
                  workers: int, rank: int = 0, world: int = 1) -> DataLoader:
     sampler = StepSampler(batch_size, start_step, total_steps, rank, world)
-    return DataLoader(StreamDataset(data.train, seed), batch_size=batch_size // world, sampler=sampler,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers else None)
+    on_device = data.decode_on == "cuda"
+    return _loader(StreamDataset(data.train, seed, data.decoder, on_device), batch_size // world, workers,
+                   sampler=sampler, collate_fn=collate_mixed if on_device else None)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
-    indices = list(range(rank, len(dataset), world))  # each rank a disjoint share; sums are all-reduced
-    return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
+def eval_loader(samples: Samples, batch_size: int, workers: int, decoder: str, rank: int = 0, world: int = 1,
+                crops: int = 1) -> DataLoader:
+    mine = samples[rank::world]  # each rank a disjoint share; sums are all-reduced
+    return DataLoader(EvalDataset(mine, decoder, crops), batch_size=batch_size, num_workers=workers,
                       pin_memory=torch.cuda.is_available())
 
 
+def decode_batch_on_device(items, device: torch.device, decoder: str):
+    """A decode=cuda batch: the undecoded files decoded together on `device` (nvJPEG on CUDA), each viewed
+    under its draw there; a file the batched decode refuses is decoded alone on the CPU. -> (uint8, alphas, y)."""
+    waiting = [i for i, it in enumerate(items) if isinstance(it[1], Draw)]
+    views: dict[int, torch.Tensor] = {}
+    if waiting:
+        files = [items[i][0] for i in waiting]  # (bytes, path)
+        try:
+            decoded = _batched_decode([b for b, _ in files], device, decoder)
+        except Exception:  # one bad file fails a batched call: decode them one by one, on the CPU when refused
+            decoded = [_one_on_device(b, path, device, decoder) for b, path in files]
+        for i, img in zip(waiting, decoded):
+            views[i] = train_view(img, items[i][1])
+    crops, alphas, labels = [], [], []
+    for i, (x, d, y) in enumerate(items):
+        crops.append(views[i] if i in views else x.to(device, non_blocking=True))
+        alphas.append(torch.tensor(d.alpha) if isinstance(d, Draw) else d)
+        labels.append(y)
+    return torch.stack(crops), torch.stack(alphas), torch.tensor(labels)
+
+
+def _batched_decode(blobs: list[torch.Tensor], device: torch.device, decoder: str) -> list[torch.Tensor]:
+    if resolve_decoder(decoder) == "torchcodec":
+        from torchcodec.decoders import decode_jpeg
+        return decode_jpeg(blobs, mode="RGB", device=device)
+    from torchvision.io import ImageReadMode, decode_jpeg
+    return _quiet(decode_jpeg, blobs, mode=ImageReadMode.RGB, device=device)
+
+
+def _one_on_device(blob: torch.Tensor, path: str, device: torch.device, decoder: str) -> torch.Tensor:
+    try:
+        return _batched_decode([blob], device, decoder)[0]
+    except Exception:
+        img = decode(path, blob, decoder_fn(decoder))
+        return (img if isinstance(img, torch.Tensor) else F.pil_to_tensor(img)).to(device)
+
+
+def worker_error(e: DataError) -> DataError:
+    """The DataError a loader worker raised, as its own one line (the loader re-raises it with the worker's
+    traceback folded into the message)."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return DataError(lines[-1].split("DataError: ", 1)[-1] if lines else str(e))
+
+
 @torch.no_grad()
-def evaluate_crops(model, root: Path, crops: int, batch_size: int, workers: int, device: torch.device) -> dict:
+def evaluate_crops(model, data: ImageFolderData, crops: int, batch_size: int, workers: int,
+                   device: torch.device) -> dict:
     """Top-1/top-5 error of the final model averaging the logits of `crops` views (10-crop testing)."""
-    ds = datasets.ImageFolder(str(check_folder(root, "val")), transform=eval_transform(crops))
-    loader = DataLoader(ds, batch_size=max(1, batch_size // crops), num_workers=workers)
+    loader = eval_loader(data.val, max(1, batch_size // crops), workers, data.decoder, crops=crops)
     model.eval()
     wrong1 = wrong5 = n = 0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
+        x, y = tail(x, None, 0, device), y.to(device)
         logits = model(x.flatten(0, 1)).view(len(y), crops, -1).mean(1) if crops > 1 else model(x)
         top5 = logits.topk(min(5, logits.shape[1]), 1).indices
         wrong1 += int((top5[:, 0] != y).sum())

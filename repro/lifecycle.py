@@ -21,7 +21,7 @@ from .fast import Fast, resolve_fast, tune_cpu_allocator
 from .finish import finish
 from .models import build_model, count_params
 from .names import display_name, run_name
-from .protocol import data_copy, description, identity
+from .protocol import IMAGEFOLDER_STREAM, data_copy, description, identity
 from .recorder import Recorder
 from .results import ResultsError, read_meta
 from .rundir import (RunBusy, RunLock, atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run,
@@ -177,6 +177,8 @@ class Run:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
             f"cpu ({threads} thread{'s' if threads > 1 else ''})"
         resolved = {"fast": vars(self.fast), "processes": world, **copy}  # what the protocol reads from meta.json
+        if src.folders is not None:
+            resolved["data_stream"] = IMAGEFOLDER_STREAM  # which draws (repro.rundir.run_key)
         scale = description(identity(self.config, resolved))
         if state.step:  # resumed: config.yaml is the one it started with, and so stays its process count (run_diff
             resolved.pop("processes")  # let it resume here only if the BN chunks, optim.splits x processes, agree)

@@ -22,7 +22,11 @@ from typing import Any
 NOT_PROTOCOL = {"exp_name", "seed", "device", "deterministic", "threads", "results_dir", "overwrite", "save_model",
                 "final_crops", "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download",
                 "data.url", "data.fallback", "data.workers", "data.eval_batch_size", "data.format", "lock_wait_s",
-                "dist_timeout_s"}
+                "dist_timeout_s", "data.decoder", "data.decode"}
+# The version of repro.imagenet's random stream (which draws a sample position gets); like the seed it is not
+# part of the protocol, but a run is only ever continued on the stream it started on (repro.rundir.run_key).
+# 1: per-image torch global RNG inside torchvision's transforms (until 2026-12); 2: repro.imagenet.draw.
+IMAGEFOLDER_STREAM = 2
 # Keys added to the config over time, with the value older run folders were made with.
 ADDED_LATER = {"optim.splits": 1, "optim.schedule": "milestones", "data.val_size": 0, "data.train_size": 0,
                "data.test_size": 0}

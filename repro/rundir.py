@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from .protocol import flatten, identity
+from .protocol import IMAGEFOLDER_STREAM, flatten, identity
 from .results import ResultsError, read_meta
 
 def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
@@ -146,8 +146,11 @@ def run_key(config: dict, meta: dict) -> dict[str, Any]:
     """What makes a run this run: its protocol (repro.protocol), net and seed — less which copy of the data
     (checked where the md5s are known: a new run's are not until its data is read) and an arithmetic
     that an old folder did not record."""
-    key = {**identity(config, meta), **{k: flatten(config).get(k) for k in ("model.depth", "model.shortcut", "seed")}}
+    flat = flatten(config)
+    key = {**identity(config, meta), **{k: flat.get(k) for k in ("model.depth", "model.shortcut", "seed")}}
     key.pop("data.copy", None)
+    if flat.get("data.format") == "imagefolder":  # and which random stream its draws came from
+        key["data.stream"] = meta.get("data_stream", 1)
     return key
 
 
@@ -156,7 +159,8 @@ def run_diff(old: dict, old_meta: dict, new: dict, arith: str, processes: int = 
     `new` in arithmetic `arith` on `processes` data-parallel processes) differ. Keys that change no numbers
     (paths, devices, threads, speed switches, what is kept afterwards) are not compared; an arithmetic the old
     folder did not record is not either."""
-    a, b = run_key(old, old_meta), run_key(new, {"fast": {"bf16": arith == "bf16"}, "processes": processes})
+    a = run_key(old, old_meta)
+    b = run_key(new, {"fast": {"bf16": arith == "bf16"}, "processes": processes, "data_stream": IMAGEFOLDER_STREAM})
     if a["arithmetic"] == "unrecorded":
         b["arithmetic"] = "unrecorded"
     return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))

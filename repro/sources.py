@@ -7,6 +7,7 @@ evaluation split, the summed loss, errors and count over this rank's share of it
 is loaded apart from a seed's stream, so several runs in one process share one copy on the device."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from itertools import count
 from typing import Callable, Iterator
@@ -67,19 +68,30 @@ def cifar_source(data_cfg, batch_size: int, seed: int, device: torch.device, ran
 
 def imagefolder_source(data_cfg, batch_size: int, seed: int, total_steps: int, device: torch.device, rank: int = 0,
                        world: int = 1) -> Source:
-    from .imagenet import eval_loader, load_imagefolder, train_loader
+    """ImageNet-style folders: uint8 crops from loader workers (or, with data.decode=cuda, bytes decoded here on
+    the GPU), finished on `device` once per batch (repro.imagenet.tail)."""
+    from .imagenet import (DataError, decode_batch_on_device, eval_loader, load_imagefolder, resolve_workers, tail,
+                           train_loader, worker_error)
 
     data = load_imagefolder(**data_cfg)
-    workers, eb = data_cfg["workers"], data_cfg["eval_batch_size"]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # training processes on this host share its cores
+    workers, eb = resolve_workers(data_cfg.get("workers"), local), data_cfg["eval_batch_size"]
 
     def batches(start: int) -> Iterator[Batch]:
-        for x, y in train_loader(data, batch_size, seed, start, total_steps, workers, rank, world):
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        try:
+            for batch in train_loader(data, batch_size, seed, start, total_steps, workers, rank, world):
+                x, alpha, y = decode_batch_on_device(batch, device, data.decoder) if data.decode_on == "cuda" else batch
+                yield tail(x, alpha, data.lighting, device), y.to(device, non_blocking=True)
+        except DataError as e:
+            raise worker_error(e) from None
 
-    def split(dataset):
+    def split(samples):
         def sums(model):
-            loader = eval_loader(dataset, eb, workers, rank, world)
-            return eval_sums(model, ((x.to(device), y.to(device)) for x, y in loader), device)
+            loader = eval_loader(samples, eb, workers, data.decoder, rank, world)
+            try:
+                return eval_sums(model, ((tail(x, None, 0, device), y.to(device)) for x, y in loader), device)
+            except DataError as e:
+                raise worker_error(e) from None
         return sums
 
     splits = {"test": split(data.val)}  # ImageNet's val set: what Tables 2 and 3 report

@@ -3,9 +3,10 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from repro.bench import FIG6_IMAGES, parse_nets, project_fig6
-from conftest import ROOT, python, write_cifar_folder
+from conftest import IMAGENETTE, ROOT, python, write_cifar_folder
 
 
 def test_parse_nets():
@@ -29,7 +30,8 @@ def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
     data = write_cifar_folder(tmp_path / "c", n_train=512, n_test=16)
     out = tmp_path / "bench.json"
     p = subprocess.run([python(), "-m", "repro.bench", "--cifar10", str(data), "--nets", "8A,8none", "--imagenet-nets",
-                        "", "--windows", "1", "--steps", "1", "--no-ablation", "--no-concurrent", "--out", str(out)], cwd=ROOT,
+                        "", "--windows", "1", "--steps", "1", "--no-ablation", "--no-concurrent", "--no-loader", "--out", str(out)],
+                       cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -76,3 +78,22 @@ def test_gpu_bench_runs_on_the_cpu_eager_and_packed_and_writes_its_json(tmp_path
     assert all(n["eager_images_per_s"] > 0 and "graphed_images_per_s" not in n for n in r["nets"])  # no CUDA here
     assert r["packed"]["runs"] == 4 and r["packed"]["steps"] == ["eager"] and r["packed"]["images_per_s"] > 0
     assert r["fig6_sweep_minutes"]["graphed"] is None and r["fig6_sweep_minutes"]["packed"] > 0
+
+
+def test_the_loader_bench_times_each_pipeline_on_each_image_set(tmp_path):
+    from PIL import Image, JpegImagePlugin
+
+    from repro.bench_loader import loader_rows, write_imagenet_sized
+
+    files = write_imagenet_sized(tmp_path / "g", 3)
+    with Image.open(files[0][0]) as im:  # ImageNet's size and JPEG settings, not Imagenette's 224x224
+        assert im.size == (500, 375) and JpegImagePlugin.get_sampling(im) == 0  # 4:4:4
+    root = IMAGENETTE if (IMAGENETTE / "train").exists() else None
+    rows = loader_rows(root, torch.device("cpu"), generated=8, repeats=1, batches=1, batch=4)
+    sets = {r["images"] for r in rows}
+    assert len(sets) == (2 if root else 1)
+    for s in sets:
+        mine = {r["pipeline"]: r for r in rows if r["images"] == s}
+        assert {"reference", "torchvision", "pil"} <= set(mine)
+        assert all(r["images_per_s_per_worker"] > 0 and r["images_per_s"] > 0 for r in mine.values())
+        assert mine["reference"]["vs_reference_per_worker"] == 1.0

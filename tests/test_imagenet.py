@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from repro.data import DataError
-from repro.imagenet import CROP, eval_transform, evaluate_crops, load_imagefolder, train_transform
+from repro.imagenet import CROP, StreamDataset, draw, eval_view, evaluate_crops, load_imagefolder, tail, train_view
 from repro.models import SHORTCUTS, build_model, count_macs, count_params
 from conftest import IMAGENETTE, ROOT, python
 
@@ -48,20 +48,25 @@ def write_folder(root, classes=2, per_class=4, size=(96, 80), seed=0):
 
 
 def test_train_augmentation_output_size_and_range():
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8))
-    torch.manual_seed(0)
-    x = train_transform()(img)
-    assert x.shape == (3, CROP, CROP) and x.dtype == torch.float32
-    assert -1.0 < x.min() < 0 < x.max() < 1.0  # [0, 1] minus the mean, plus a small PCA colour shift
-    torch.manual_seed(1)
-    assert not torch.equal(x, train_transform()(img))  # random scale, crop, flip, lighting
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 300, 500), dtype=np.uint8))
+    d = draw(0, 0)
+    view = train_view(img, d)
+    assert view.shape == (3, CROP, CROP) and view.dtype == torch.uint8  # what a worker hands over
+    x = tail(view[None], torch.tensor([d.alpha]), 0.1, torch.device("cpu"))[0]
+    assert x.dtype == torch.float32 and -1.0 < x.min() < 0 < x.max() < 1.0  # [0, 1] minus the mean, plus lighting
+    assert not torch.equal(view, train_view(img, draw(0, 1)))  # random scale, crop, flip per position
+    assert draw(0, 1) != draw(1, 1) and draw(0, 1) == draw(0, 1)  # a pure function of (seed, position)
+    assert {draw(0, p).flip for p in range(40)} == {True, False}
+    scales = [draw(0, p).scale for p in range(2000)]
+    assert min(scales) == 256 and max(scales) == 480  # §3.4's [256, 480], both ends reached
 
 
 def test_ten_crop_gives_ten_views_and_averages_logits(tmp_path):
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 300, 3), dtype=np.uint8))
-    views = eval_transform(10)(img)
-    assert views.shape == (10, 3, CROP, CROP)
-    assert torch.allclose(views[9], views[4].flip(-1))  # 5 crops, then the same 5 of the flipped image
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 256, 300), dtype=np.uint8))
+    views = eval_view(img, 10)
+    assert views.shape == (10, 3, CROP, CROP) and views.dtype == torch.uint8
+    assert torch.equal(views[9], views[4].flip(-1))  # 5 crops, then the same 5 of the flipped image
+    assert torch.equal(eval_view(img, 1), views[4])  # the centre crop
     root = write_folder(tmp_path / "f", classes=8, per_class=2, size=(300, 256))
 
     class Scripted(torch.nn.Module):
@@ -86,7 +91,7 @@ def test_ten_crop_gives_ten_views_and_averages_logits(tmp_path):
     expect1 = float((top5[:, 0] != labels).float().mean())
     expect5 = float((top5 != labels[:, None]).all(1).float().mean())
     assert 0 < expect5 < expect1 < 1  # the check can tell top-1 from top-5 and both from 0
-    result = evaluate_crops(Scripted(logits.flatten(0, 1)), root, 10, batch_size=20, workers=0,
+    result = evaluate_crops(Scripted(logits.flatten(0, 1)), load_imagefolder(name="x", root=root), 10, batch_size=20, workers=0,
                             device=torch.device("cpu"))
     assert result["crops"] == 10 and result["images"] == n
     assert result["top1_err"] == pytest.approx(expect1) and result["top5_err"] == pytest.approx(expect5)
@@ -110,8 +115,8 @@ def test_the_shared_imagenette_sample_loads(tmp_path):
         pytest.skip("../shared/data/imagenette not present")
     data = load_imagefolder(name="imagenette", root=IMAGENETTE)
     assert (len(data.train), len(data.val), data.num_classes) == (1000, 300, 10)
-    x, y = data.train[0]
-    assert x.shape == (3, CROP, CROP)
+    x, alpha, y = StreamDataset(data.train, seed=0)[0]
+    assert x.shape == (3, CROP, CROP) and x.dtype == torch.uint8 and alpha.shape == (3,) and 0 <= y < 10
     held = load_imagefolder(name="imagenette", root=IMAGENETTE, val_size=100)  # for the plateau rule
     assert (len(held.train), len(held.held_out), len(held.val)) == (900, 100, 300)
     assert sorted(held.held_out[i][1] for i in range(0, 100, 10)) == list(range(10))  # spread over the classes
