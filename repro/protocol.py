@@ -18,11 +18,25 @@ import hashlib
 import json
 from typing import Any
 
-# Keys a resolved config has that never change a run's numbers (the net and the seed are kept apart).
-NOT_PROTOCOL = {"exp_name", "seed", "device", "deterministic", "threads", "results_dir", "overwrite", "save_model",
-                "final_crops", "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download",
-                "data.url", "data.fallback", "data.workers", "data.eval_batch_size", "data.format", "lock_wait_s",
-                "dist_timeout_s", "data.decoder", "data.decode"}
+# The keys of a resolved config that can change a run's numbers: its protocol, by construction. A key not
+# listed here changes no run's identity, so adding an operational key (a tracker, a path, a timeout) never makes
+# committed runs differ from their saved configs. tests/test_config.py refuses a key of any experiment that is
+# in neither this list nor OPERATIONAL (nor fast.*, the bit-exact speed switches), so each new key is classified.
+PROTOCOL_KEYS = frozenset({
+    "model.family", "model.width",
+    "data.name", "data.train_size", "data.test_size", "data.val_size", "data.synthetic_seed", "data.lighting",
+    "optim.batch_size", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.total_steps", "optim.splits",
+    "optim.schedule", "optim.milestones", "optim.gamma", "optim.plateau_patience", "optim.plateau_threshold",
+    "optim.plateau_max_decays", "optim.warmup_lr", "optim.warmup_until_err", "optim.warmup_from_depth",
+    "optim.warmup_check_every", "eval_every",
+})
+# Keys that never change a run's numbers (the net and the seed are the other half of a comparison's key).
+OPERATIONAL = frozenset({
+    "exp_name", "seed", "device", "deterministic", "threads", "results_dir", "overwrite", "save_model",
+    "final_crops", "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download", "data.url",
+    "data.fallback", "data.workers", "data.eval_batch_size", "data.format", "lock_wait_s", "dist_timeout_s",
+    "data.decoder", "data.decode",
+})
 # The version of repro.imagenet's random stream (which draws a sample position gets); like the seed it is not
 # part of the protocol, but a run is only ever continued on the stream it started on (repro.rundir.run_key).
 # 1: per-image torch global RNG inside torchvision's transforms (until 2026-12); 2: repro.imagenet.draw.
@@ -95,7 +109,7 @@ def identity(config: dict, meta: dict) -> dict[str, Any]:
     """The protocol of a run as a flat dict (see the module docstring)."""
     flat = {**ADDED_LATER, **flatten(config)}
     family = flat.get("model.family", "cifar10")
-    ident = {k: v for k, v in flat.items() if k not in NOT_PROTOCOL and not k.startswith("fast.")}
+    ident = {k: v for k, v in flat.items() if k in PROTOCOL_KEYS}
     if ident.get("model.width") is None:
         ident["model.width"] = PAPER.get(family, {}).get("model.width")
     schedule = ident.get("optim.schedule", "milestones")

@@ -117,3 +117,42 @@ def test_the_committed_reference_runs_are_still_skipped_by_their_own_command(sav
     config = OmegaConf.to_container(_compose(overrides), resolve=True)
     arith = "bf16" if meta["fast"]["bf16"] else "fp32"
     assert meta["status"] == "done" and prepare_run_dir(saved.parent, config, arith) == "skip"
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_every_config_key_is_classified_as_protocol_or_operational(exp):
+    """A new key must be put in repro.protocol.PROTOCOL_KEYS (it changes numbers) or OPERATIONAL (it does not):
+    an unclassified key fails here, before it can silently join or miss every run's identity."""
+    from repro.protocol import OPERATIONAL, PROTOCOL_KEYS, flatten
+
+    assert not PROTOCOL_KEYS & OPERATIONAL
+    keys = flatten(OmegaConf.to_container(_compose([f"exp={exp}"]), resolve=True))
+    unclassified = sorted(k for k in keys if k not in PROTOCOL_KEYS | OPERATIONAL and not k.startswith("fast."))
+    assert not unclassified, f"exp={exp}: add {unclassified} to PROTOCOL_KEYS or OPERATIONAL in repro/protocol.py"
+
+
+def test_the_default_config_is_the_paper_protocol_and_an_added_operational_key_changes_no_identity():
+    """The default composition, on the official CIFAR-10 files in fp32, is labelled `paper`; a key added to the
+    config later (here a tracker switch no code knows) leaves the identity, the label and a saved run's
+    skip/resume decision as they were; a changed protocol key does not."""
+    import yaml
+
+    from repro.protocol import OFFICIAL_MD5, identity, label
+    from repro.rundir import prepare_run_dir
+
+    official_fp32 = {"data_md5": OFFICIAL_MD5, "fast": {"bf16": False}}
+    config = OmegaConf.to_container(_compose([]), resolve=True)
+    assert label(identity(config, official_fp32)) == "paper"
+    added = OmegaConf.to_container(_compose(["+tensorboard=false", "+logger.flush_s=30"]), resolve=True)
+    assert identity(added, official_fp32) == identity(config, official_fp32)
+    changed = OmegaConf.to_container(_compose(["optim.lr=0.05"]), resolve=True)
+    assert label(identity(changed, official_fp32)) == "lr 0.05"
+    if COMMITTED:  # a committed run's saved config with the added keys: still skipped
+        from repro.results import ResultsError, read_meta
+
+        saved = COMMITTED[0]
+        old, meta = yaml.safe_load(saved.read_text()), read_meta(saved.parent)
+        arith = "bf16" if meta["fast"]["bf16"] else "fp32"
+        assert prepare_run_dir(saved.parent, {**old, "tensorboard": False, "logger": {"flush_s": 30}}, arith) == "skip"
+        with pytest.raises(ResultsError, match="optim.lr"):  # refused, the folder left as it is
+            prepare_run_dir(saved.parent, {**old, "optim": {**old["optim"], "lr": 0.05}}, arith)
