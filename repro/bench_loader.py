@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .imagenet import (EIGVAL, EIGVEC, LIGHTING_STD, MEAN, SCALES, CROP, StepSampler, StreamDataset, Samples,
-                       collate_mixed, decode_batch_on_device, epoch_order, folder_samples, resolve_decoder, resolve_workers, tail)
+from .imagenet import (CROP, EIGVAL, EIGVEC, LIGHTING_STD, MEAN, SCALES, Samples, StepSampler, StreamDataset,
+                       collate_mixed, decode_batch_on_device, epoch_order, folder_samples, resolve_decoder,
+                       resolve_workers, tail)
 
 IMAGENET_SIZE = (500, 375)  # ImageNet's typical full-size JPEG (width, height)
 

@@ -289,7 +289,8 @@ class StreamDataset(Dataset):
     back undecoded, as (bytes, draw, label), for the training process to decode a batch at once."""
 
     def __init__(self, samples: Samples, seed: int, decoder: str = "auto", on_device: bool = False):
-        self.samples, self.seed, self.n, self.decoder_name, self.on_device = samples, seed, len(samples), decoder, on_device
+        self.samples, self.seed, self.n = samples, seed, len(samples)
+        self.decoder_name, self.on_device = decoder, on_device
         self._order: tuple[int, torch.Tensor] | None = None
         self._decoder = None
 

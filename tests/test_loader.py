@@ -59,7 +59,8 @@ def old_pipeline(path, d, lighting=0.1):
     if d.flip:
         img = F.horizontal_flip(img)
     x = F.to_dtype(F.pil_to_tensor(img), torch.float32, scale=True)
-    x = x + (torch.tensor(EIGVEC) @ (torch.tensor(d.alpha, dtype=torch.float32) * lighting * torch.tensor(EIGVAL))).view(3, 1, 1)
+    alpha = torch.tensor(d.alpha, dtype=torch.float32) * lighting
+    x = x + (torch.tensor(EIGVEC) @ (alpha * torch.tensor(EIGVAL))).view(3, 1, 1)
     return x - torch.tensor(MEAN).view(3, 1, 1)
 
 
