@@ -79,6 +79,12 @@ def _peak_mb(device: torch.device) -> float | None:
         return None
 
 
+def write_json(out: Path, report: dict) -> None:
+    """A bench's report as JSON at `out` (folders made; values JSON cannot hold, e.g. a dtype, as text)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
 def isolated(fn, *args, **kwargs):
     """fn(*args, **kwargs) in a fresh (spawned, non-daemonic: it may start loader workers) process."""
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
@@ -180,20 +186,19 @@ def measure_imagenet(root: Path | None, depth: int, device: torch.device, batch:
     """Our ImageNet path end to end: loader workers (repro.imagenet: uint8 crops, or bytes for data.decode=cuda)
     and the device tail feeding the training step, or (no folder given) synthetic 224x224 tensors, which
     measures the model alone."""
-    from .imagenet import LIGHTING_STD, decode_batch_on_device, load_imagefolder, resolve_workers, tail, train_loader
+    from .imagenet import LIGHTING_STD, decode_batch_on_device, load_imagefolder, tail, train_loader
 
     fast = our_fast(device)
     model, opt, sums = our_net(fast, device, "imagenet", depth, "A", num_classes=1000)
     if root is not None:
-        data = load_imagefolder(name="imagenet", root=root, decoder=decoder, decode=decode)
-        workers = resolve_workers(workers)
-        batches = iter(train_loader(data, batch, 0, 0, 10**6, workers))
+        data = load_imagefolder(name="imagenet", root=root, decoder=decoder, decode=decode, workers=workers)
+        batches = iter(train_loader(data, batch, 0, 0, 10**6, data.workers))
 
         def next_batch():
             b = next(batches)
             x, alpha, y = decode_batch_on_device(b, device, data.decoder) if decode == "cuda" else b
             return tail(x, alpha, LIGHTING_STD, device), y.to(device, non_blocking=True)
-        source = f"{data.source}, {workers} workers"
+        source = f"{data.source}, {data.workers} workers"
     else:
         x0, y0 = torch.randn(batch, 3, 224, 224, device=device), torch.randint(0, 1000, (batch,), device=device)
         next_batch = lambda: (x0, y0)  # noqa: E731
@@ -356,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_loader import loader_rows
 
         report["imagenet_loader"] = isolated(loader_rows, args.imagenet, device, repeats=1 if args.quick else 3)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -19,7 +19,6 @@ given. Each section that fails is recorded in the JSON with its error; the other
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .bench import FIG6_NETS, our_net, parse_nets, sec_per_image, timed
+from .bench import FIG6_NETS, our_net, parse_nets, sec_per_image, timed, write_json
 from .data import load_image_data
 from .fast import resolve_fast
 from .graph import make_step
@@ -239,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     pk = {**report["packed"], "nets": in_pack} if report["packed"] else None
     report.update(section(report, "projection", lambda: project(eager, graphed, pk, evals)) or {})
     report["seconds"] = time.perf_counter() - t_start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json(out, report)
     print(f"[bench-gpu] Fig. 6 sweep minutes: {report.get('fig6_sweep_minutes')}; whole CIFAR section minutes: "
           f"{report.get('cifar_section_minutes')}; wrote {out} in {report['seconds']:.0f} s", flush=True)
     return 0

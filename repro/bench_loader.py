@@ -3,21 +3,20 @@ training device, per loader worker and for the configured worker count, with no 
 
 Pipelines, measured in one run on the same files:
   reference  the ImageNet path before 2026-12, the way torchvision's references write it: PIL decode,
-             torchvision's transforms (resize, crop, flip, float32, lighting, mean) per image in the worker,
-             float32 crops through shared memory and the host-to-device copy.
+             torchvision's PIL transforms (resize, crop, flip), float32, lighting and mean per image in the
+             worker (`reference_view`, on the same draws), float32 crops through shared memory and the copy.
   <decoder>  ours (repro.imagenet): the tensor decoder (torchcodec, torchvision) or PIL in the worker,
              resize/crop/flip there, uint8 crops handed over, float/lighting/mean once per batch on the device.
   cuda       (CUDA only) workers read bytes; the batch is decoded on the GPU (nvJPEG).
 Image sets: the ImageFolder given (e.g. the shared Imagenette sample, 224x224 files of ~10 KB) and generated
-ImageNet-sized JPEGs (500x375, quality 95, 4:4:4 chroma, ~100 KB: ImageNet's median size), which cost what
-real ImageNet files cost to decode and resize.
+ImageNet-sized JPEGs (500x375, quality 95, 4:4:4 chroma; ImageNet's files average ~110 KB), which cost
+what real ImageNet files cost to decode and resize.
 
     python -m repro.bench_loader [--imagenet DIR] [--out plots/bench_loader.json]   (make bench includes it)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -25,44 +24,40 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .imagenet import (CROP, EIGVAL, EIGVEC, LIGHTING_STD, MEAN, SCALES, Samples, StepSampler, StreamDataset,
-                       collate_mixed, decode_batch_on_device, epoch_order, folder_samples, resolve_decoder,
+from .bench import isolated, measure_imagenet, write_json
+from .imagenet import (CROP, EIGVAL, EIGVEC, LIGHTING_STD, MEAN, Draw, Samples, StepSampler, StreamDataset,
+                       collate_mixed, decode_batch_on_device, draw, folder_samples, resolve_decoder,
                        resolve_workers, tail)
 
 IMAGENET_SIZE = (500, 375)  # ImageNet's typical full-size JPEG (width, height)
 
 
-class ReferenceDataset(Dataset):
-    """The ImageNet path before 2026-12 (for comparison only): PIL + torchvision's transforms per image, the
-    torch global RNG seeded per position, float32 out."""
+def reference_view(path: str, d: Draw, lighting: float = LIGHTING_STD) -> torch.Tensor:
+    """One training image as the ImageNet path before 2026-12 computed it, in the worker: PIL decode and
+    geometry (torchvision's PIL transforms), float32, the lighting shift, the mean — under the draw `d`."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
 
-    def __init__(self, samples: Samples, seed: int):
-        from torchvision.transforms import v2
+    with open(path, "rb") as f:
+        img = F.resize(Image.open(f).convert("RGB"), [d.scale], antialias=True)
+    w, h = img.size
+    img = F.crop(img, int(d.top * (h - CROP + 1)), int(d.left * (w - CROP + 1)), CROP, CROP)
+    if d.flip:
+        img = F.horizontal_flip(img)
+    x = F.to_dtype(F.pil_to_tensor(img), torch.float32, scale=True)
+    alpha = torch.tensor(d.alpha, dtype=torch.float32) * lighting
+    x = x + (torch.tensor(EIGVEC) @ (alpha * torch.tensor(EIGVAL))).view(3, 1, 1)
+    return x - torch.tensor(MEAN).view(3, 1, 1)
 
-        self.samples, self.seed, self.n = samples, seed, len(samples)
-        self.transform = v2.Compose([
-            v2.ToImage(), v2.RandomShortestSize(min_size=list(range(SCALES[0], SCALES[1] + 1)), antialias=True),
-            v2.RandomCrop(CROP), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
-            _Lighting(), v2.Normalize(MEAN, (1.0, 1.0, 1.0))])
 
-    def __len__(self) -> int:
-        return 2**62
+class ReferenceDataset(StreamDataset):
+    """The stream's samples and draws through `reference_view`: float32 crops out (for comparison only)."""
 
     def __getitem__(self, p: int):
-        from PIL import Image
-
-        path, label = self.samples[int(epoch_order(self.seed, p // self.n, self.n)[p % self.n])]
-        torch.manual_seed(self.seed * 1_000_003 + p)
-        with open(path, "rb") as f:
-            return self.transform(Image.open(f).convert("RGB")), label
-
-
-class _Lighting(torch.nn.Module):
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        alpha = torch.randn(3) * LIGHTING_STD
-        return img + (torch.tensor(EIGVEC) @ (alpha * torch.tensor(EIGVAL))).view(3, 1, 1)
+        path, label = self.sample(p)
+        return reference_view(path, draw(self.seed, p)), label
 
 
 def write_imagenet_sized(out: Path, n: int, like: Samples | None = None, seed: int = 0) -> Samples:
@@ -116,7 +111,7 @@ def measure(pipeline: str, samples: Samples, workers: int, device: torch.device,
         if pipeline == "reference":
             x = b[0].to(device, non_blocking=True)
         else:
-            x, alpha, _ = decode_batch_on_device(b, device, "auto") if on_device else b
+            x, alpha, _ = decode_batch_on_device(b, device, resolve_decoder("auto")) if on_device else b
             x = tail(x, alpha, LIGHTING_STD, device)
         assert x.shape == (batch, 3, CROP, CROP) and x.dtype == torch.float32
     sync()
@@ -184,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
               "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
               "method": __doc__.split("\n\n")[0], "imagenet_loader": rows, "fed": []}
     if args.net_depth:  # the training step fed by each of our pipelines from ImageNet-sized files
-        from .bench import isolated, measure_imagenet
-
         root = Path(tempfile.mkdtemp(prefix="repro-fed-"))
         write_imagenet_sized(root, 512)
         batch = 256 if device.type == "cuda" else 16
@@ -195,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                          **kw)
             report["fed"].append({"net": f"ResNet-{args.net_depth}", "pipeline": p, "batch": batch, **r})
             print(f"[fed] ResNet-{args.net_depth} fed by {p}: {r['images_per_s']:.0f} img/s ({r['data']})", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -14,7 +14,7 @@ from .sources import Source
 
 
 def finish(model: torch.nn.Module, src: Source, run_dir: Path, device: torch.device, *, save_model: bool,
-           analyze_responses: bool, final_crops: int | None, eval_batch_size: int, workers: int | None) -> None:
+           analyze_responses: bool, final_crops: int | None, eval_batch_size: int) -> None:
     if save_model:
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
@@ -24,9 +24,9 @@ def finish(model: torch.nn.Module, src: Source, run_dir: Path, device: torch.dev
 
         write_responses(model, src.tensors, run_dir / "responses.csv", eval_batch_size)
     if src.folders is not None and final_crops:
-        from .imagenet import evaluate_crops, resolve_workers
+        from .imagenet import evaluate_crops
 
-        result = evaluate_crops(model, src.folders, final_crops, eval_batch_size, resolve_workers(workers), device)
+        result = evaluate_crops(model, src.folders, final_crops, eval_batch_size, device)
         atomic_write(run_dir / "final.json", (json.dumps(result, indent=2) + "\n").encode())
         print(f"[train] {final_crops}-crop evaluation: top-1 {100 * result['top1_err']:.2f}% "
               f"top-5 {100 * result['top5_err']:.2f}%", flush=True)

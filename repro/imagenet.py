@@ -18,6 +18,7 @@ run started on another one is refused rather than continued on different draws.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -131,7 +132,7 @@ def decode(path: str, data: torch.Tensor, decoder: Callable):
 def gpu_decodable(data: torch.Tensor) -> bool:
     """Whether nvJPEG's batched decode takes these bytes: a baseline (sequential) JPEG with 3 components.
     Progressive, greyscale, CMYK and non-JPEG files are decoded on the CPU instead."""
-    b = data.numpy().tobytes() if isinstance(data, torch.Tensor) else data
+    b = memoryview(data.numpy())  # the header is read in place, the file not copied
     if b[:2] != b"\xff\xd8":
         return False
     i = 2
@@ -176,15 +177,21 @@ def eval_view(img, crops: int = 1) -> torch.Tensor:
 
 # ---- the device-side tail, once per batch ----
 
+@functools.lru_cache(maxsize=None)
+def _tail_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and the lighting basis (column i: eigval_i * eigvec_i) on `device`, made once per device."""
+    return torch.tensor(MEAN, device=device), (torch.tensor(EIGVEC) * torch.tensor(EIGVAL)).to(device)
+
+
 def tail(x: torch.Tensor, alpha: torch.Tensor | None, lighting: float, device: torch.device) -> torch.Tensor:
     """uint8 (B, 3, H, W) [or (B, V, 3, H, W)] -> float32 on `device`: /255, plus the lighting shift
     sum_i alpha_i * lighting * eigval_i * eigvec_i (training), minus the mean (§3.4)."""
+    mean, basis = _tail_constants(device)
     x = x.to(device, non_blocking=True).float().div_(255)
-    shift = -torch.tensor(MEAN, device=device).expand(len(x), 3)
+    shift = -mean.expand(len(x), 3)
     if alpha is not None and lighting:
-        eigval, eigvec = torch.tensor(EIGVAL, device=device), torch.tensor(EIGVEC, device=device)
-        shift = shift + (alpha.to(device, torch.float32) * lighting * eigval) @ eigvec.T
-    return x.add_(shift.view(len(x), *[1] * (x.dim() - 4), 3, 1, 1))
+        shift = shift + (alpha.to(device, torch.float32, non_blocking=True) * lighting) @ basis.T
+    return x.add_(shift.reshape(len(x), *[1] * (x.dim() - 4), 3, 1, 1))
 
 
 # ---- folders ----
@@ -224,6 +231,7 @@ class ImageFolderData:
     lighting: float = LIGHTING_STD
     decoder: str = "auto"  # as resolved (torchcodec / torchvision / pil)
     decode_on: str = "cpu"
+    workers: int = 0  # loader processes, as resolved (data.workers)
 
 
 def held_out_indices(n: int, val_size: int) -> list[int]:
@@ -235,9 +243,10 @@ def held_out_indices(n: int, val_size: int) -> list[int]:
 
 
 def load_imagefolder(*, name: str, root: str | Path, lighting: float = LIGHTING_STD, val_size: int = 0,
-                     decoder: str = "auto", decode: str = "cpu", **_other) -> ImageFolderData:
-    """The ImageFolder data at `root` (called with the data config group; its loader keys are not about
-    what is loaded). `val_size` training images are held out and evaluated like the val set."""
+                     decoder: str = "auto", decode: str = "cpu", workers="auto", **_other) -> ImageFolderData:
+    """The ImageFolder data at `root` (called with the data config group), read by `workers` loader processes
+    (auto: the host's cores shared by the LOCAL_WORLD_SIZE training processes on it). `val_size` training
+    images are held out and evaluated like the val set."""
     root = Path(root).expanduser()
     if decode not in DECODE_ON:
         raise DataError(f"data.decode={decode!r} is not one of {', '.join(DECODE_ON)} (where JPEGs are decoded)")
@@ -250,7 +259,8 @@ def load_imagefolder(*, name: str, root: str | Path, lighting: float = LIGHTING_
                         f"{sorted(set(classes) ^ set(val_classes))[:5]}")
     resolved = resolve_decoder(decoder)
     data = ImageFolderData(name, f"{name} from {root} (decoded by {resolved} on {decode})", root, train, val,
-                           len(classes), lighting=lighting, decoder=resolved, decode_on=decode)
+                           len(classes), lighting=lighting, decoder=resolved, decode_on=decode,
+                           workers=resolve_workers(workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if val_size:
         held = held_out_indices(len(train), val_size)
         keep = sorted(set(range(len(train))) - set(held))
@@ -297,11 +307,15 @@ class StreamDataset(Dataset):
     def __len__(self) -> int:
         return 2**62
 
-    def __getitem__(self, p: int):
+    def sample(self, p: int) -> tuple[str, int]:
+        """(path, label) at stream position `p` (the epoch's order made once per epoch)."""
         e = p // self.n
         if self._order is None or self._order[0] != e:
             self._order = (e, epoch_order(self.seed, e, self.n))
-        path, label = self.samples[int(self._order[1][p % self.n])]
+        return self.samples[int(self._order[1][p % self.n])]
+
+    def __getitem__(self, p: int):
+        path, label = self.sample(p)
         d, data = draw(self.seed, p), read_bytes(path)
         if self.on_device and gpu_decodable(data):
             return (data, path), d, label
@@ -387,7 +401,8 @@ def decode_batch_on_device(items, device: torch.device, decoder: str):
 
 
 def _batched_decode(blobs: list[torch.Tensor], device: torch.device, decoder: str) -> list[torch.Tensor]:
-    if resolve_decoder(decoder) == "torchcodec":
+    """`decoder` as resolved (ImageFolderData.decoder): torchcodec's batched decoder, else torchvision's."""
+    if decoder == "torchcodec":
         from torchcodec.decoders import decode_jpeg
         return decode_jpeg(blobs, mode="RGB", device=device)
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -410,10 +425,9 @@ def worker_error(e: DataError) -> DataError:
 
 
 @torch.no_grad()
-def evaluate_crops(model, data: ImageFolderData, crops: int, batch_size: int, workers: int,
-                   device: torch.device) -> dict:
+def evaluate_crops(model, data: ImageFolderData, crops: int, batch_size: int, device: torch.device) -> dict:
     """Top-1/top-5 error of the final model averaging the logits of `crops` views (10-crop testing)."""
-    loader = eval_loader(data.val, max(1, batch_size // crops), workers, data.decoder, crops=crops)
+    loader = eval_loader(data.val, max(1, batch_size // crops), data.workers, data.decoder, crops=crops)
     model.eval()
     wrong1 = wrong5 = n = 0
     for x, y in loader:

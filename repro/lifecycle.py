@@ -201,7 +201,7 @@ class Run:
                     cfg = self.cfg
                     finish(self.t.model, self.src, self.dir, self.device, save_model=cfg.save_model,
                            analyze_responses=cfg.analyze_responses, final_crops=cfg.final_crops,
-                           eval_batch_size=cfg.data.eval_batch_size, workers=cfg.data.get("workers"))
+                           eval_batch_size=cfg.data.eval_batch_size)
                 update_meta(self.dir, status=status, end_time=now_iso())
                 print(f"[train] {self.dir}: {status}", flush=True)
         if self.world > 1:  # the other ranks wait for rank 0's final writes: tearing gloo down under it can abort them

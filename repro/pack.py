@@ -89,6 +89,53 @@ def train_pack(jobs: Sequence[Job], runs_at_once: int) -> list[str]:
             job.mark_dir.mkdir(parents=True, exist_ok=True)
             (job.mark_dir / FAILED_MARK).write_text(f"{job.overrides}\n{message}\n")
 
+    def start(i: int, job: Job, flag: SignalFlag) -> Slot | None:
+        """The job's run opened and started on its own stream; None when it is done already or failed."""
+        r = None
+        try:
+            validate(job.cfg, 1)
+            if job.cfg.device not in devices:
+                devices[job.cfg.device] = resolve_device(job.cfg.device, None)
+            device = devices[job.cfg.device]
+            r = Run(job.cfg, 0, 1, device)
+            if not r.open():
+                statuses[i] = "done"
+                r.close()
+                return None
+            stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+            with on_stream(stream):
+                r.start(shared_data(job.cfg, device, cache))
+            if stream is not None:
+                torch.cuda.synchronize(device)  # data and weights made on other streams are ready
+            return Slot(job, r, train(job.cfg, r.t, r.src, r.state, r.rec, flag), stream)
+        except Exception as e:  # bad input: one line; anything else: named, and the others go on
+            user = isinstance(e, USER_ERRORS)
+            fail(i, job, str(e) if user else f"{type(e).__name__}: {e}", "error" if user else "failed")
+            if r is not None:
+                r.close()
+            return None
+
+    def step(i: int, slot: Slot) -> bool:
+        """One step of the slot's run; False once the run has ended (finished, diverged, preempted or failed)."""
+        try:
+            with on_stream(slot.stream):
+                next(slot.loop)
+            return True
+        except StopIteration as end:
+            try:
+                with on_stream(slot.stream):
+                    slot.run.end(end.value)
+                statuses[i] = end.value
+            except Exception as e:
+                slot.run.failed(e)
+                fail(i, slot.job, f"{slot.run.dir}: {type(e).__name__}: {e}", "failed")
+        except Exception as e:
+            failure = slot.run.failed(e)
+            fail(i, slot.job, f"{slot.run.dir}: run failed ({type(failure).__name__}: {failure})",
+                 "error" if isinstance(failure, ConfigError) else "failed")
+        slot.run.close()
+        return False
+
     with SignalFlag() as flag:
         while pending or active:
             while len(active) < runs_at_once and flag.signum is None:
@@ -97,50 +144,9 @@ def train_pack(jobs: Sequence[Job], runs_at_once: int) -> list[str]:
                 if not ready:
                     break
                 pending.remove(ready[0])
-                i, job = ready[0]
-                r = None
-                try:
-                    validate(job.cfg, 1)
-                    if job.cfg.device not in devices:
-                        devices[job.cfg.device] = resolve_device(job.cfg.device, None)
-                    device = devices[job.cfg.device]
-                    r = Run(job.cfg, 0, 1, device)
-                    if not r.open():
-                        statuses[i] = "done"
-                        r.close()
-                        continue
-                    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-                    with on_stream(stream):
-                        r.start(shared_data(job.cfg, device, cache))
-                    if stream is not None:
-                        torch.cuda.synchronize(device)  # data and weights made on other streams are ready
-                    active.append((i, Slot(job, r, train(job.cfg, r.t, r.src, r.state, r.rec, flag), stream)))
-                except Exception as e:  # bad input: one line; anything else: named, and the others go on
-                    user = isinstance(e, USER_ERRORS)
-                    fail(i, job, str(e) if user else f"{type(e).__name__}: {e}", "error" if user else "failed")
-                    if r is not None:
-                        r.close()
-            for entry in list(active):
-                i, slot = entry
-                try:
-                    with on_stream(slot.stream):
-                        next(slot.loop)
-                    continue
-                except StopIteration as end:
-                    status = end.value
-                    try:
-                        with on_stream(slot.stream):
-                            slot.run.end(status)
-                        statuses[i] = status
-                    except Exception as e:
-                        slot.run.failed(e)
-                        fail(i, slot.job, f"{slot.run.dir}: {type(e).__name__}: {e}", "failed")
-                except Exception as e:
-                    failure = slot.run.failed(e)
-                    fail(i, slot.job, f"{slot.run.dir}: run failed ({type(failure).__name__}: {failure})",
-                         "error" if isinstance(failure, ConfigError) else "failed")
-                slot.run.close()
-                active.remove(entry)
+                if (slot := start(*ready[0], flag)) is not None:
+                    active.append((ready[0][0], slot))
+            active = [(i, slot) for i, slot in active if step(i, slot)]
         if flag.signum is not None:
             for i, _ in pending:
                 statuses[i] = "not started"

@@ -7,7 +7,6 @@ evaluation split, the summed loss, errors and count over this rank's share of it
 is loaded apart from a seed's stream, so several runs in one process share one copy on the device."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from itertools import count
 from typing import Callable, Iterator
@@ -70,12 +69,10 @@ def imagefolder_source(data_cfg, batch_size: int, seed: int, total_steps: int, d
                        world: int = 1) -> Source:
     """ImageNet-style folders: uint8 crops from loader workers (or, with data.decode=cuda, bytes decoded here on
     the GPU), finished on `device` once per batch (repro.imagenet.tail)."""
-    from .imagenet import (DataError, decode_batch_on_device, eval_loader, load_imagefolder, resolve_workers, tail,
-                           train_loader, worker_error)
+    from .imagenet import DataError, decode_batch_on_device, eval_loader, load_imagefolder, tail, train_loader, worker_error
 
     data = load_imagefolder(**data_cfg)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # training processes on this host share its cores
-    workers, eb = resolve_workers(data_cfg.get("workers"), local), data_cfg["eval_batch_size"]
+    workers, eb = data.workers, data_cfg["eval_batch_size"]
 
     def batches(start: int) -> Iterator[Batch]:
         try:

@@ -91,8 +91,8 @@ def test_ten_crop_gives_ten_views_and_averages_logits(tmp_path):
     expect1 = float((top5[:, 0] != labels).float().mean())
     expect5 = float((top5 != labels[:, None]).all(1).float().mean())
     assert 0 < expect5 < expect1 < 1  # the check can tell top-1 from top-5 and both from 0
-    result = evaluate_crops(Scripted(logits.flatten(0, 1)), load_imagefolder(name="x", root=root), 10, batch_size=20, workers=0,
-                            device=torch.device("cpu"))
+    result = evaluate_crops(Scripted(logits.flatten(0, 1)), load_imagefolder(name="x", root=root, workers=0), 10,
+                            batch_size=20, device=torch.device("cpu"))
     assert result["crops"] == 10 and result["images"] == n
     assert result["top1_err"] == pytest.approx(expect1) and result["top5_err"] == pytest.approx(expect5)
 

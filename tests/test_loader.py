@@ -11,11 +11,10 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
-from repro.bench_loader import write_imagenet_sized
+from repro.bench_loader import reference_view, write_imagenet_sized
 from repro.data import DataError
-from repro.imagenet import (CROP, EIGVAL, EIGVEC, MEAN, StreamDataset, decode_batch_on_device, draw, folder_samples,
+from repro.imagenet import (StreamDataset, decode_batch_on_device, draw, folder_samples,
                             gpu_decodable, read_bytes, resolve_decoder, resolve_workers, tail, train_loader,
                             load_imagefolder)
 from repro.results import ResultsError
@@ -49,21 +48,6 @@ def folder(root, per_class=6, size=(160, 120), classes=2, splits=("train", "val"
     return root
 
 
-def old_pipeline(path, d, lighting=0.1):
-    """The ImageNet path before the uint8 hand-off, as it computed one training image (PIL decode, PIL
-    geometry, float32, lighting, mean), under the draw `d` made explicit."""
-    img = Image.open(path).convert("RGB")
-    img = F.resize(img, [d.scale], antialias=True)
-    w, h = img.size
-    img = F.crop(img, int(d.top * (h - CROP + 1)), int(d.left * (w - CROP + 1)), CROP, CROP)
-    if d.flip:
-        img = F.horizontal_flip(img)
-    x = F.to_dtype(F.pil_to_tensor(img), torch.float32, scale=True)
-    alpha = torch.tensor(d.alpha, dtype=torch.float32) * lighting
-    x = x + (torch.tensor(EIGVEC) @ (alpha * torch.tensor(EIGVAL))).view(3, 1, 1)
-    return x - torch.tensor(MEAN).view(3, 1, 1)
-
-
 def ours(samples, positions, decoder):
     ds = StreamDataset(samples, seed=0, decoder=decoder)
     items = [ds[p] for p in positions]
@@ -71,10 +55,10 @@ def ours(samples, positions, decoder):
     return tail(x, torch.stack([i[1] for i in items]), 0.1, CPU)
 
 
-def stream_paths(samples, positions):
+def reference(samples, positions):
+    """The old per-image float pipeline on the stream's samples and draws at `positions` (seed 0)."""
     ds = StreamDataset(samples, seed=0)
-    from repro.imagenet import epoch_order
-    return [samples[int(epoch_order(0, p // ds.n, ds.n)[p % ds.n])][0] for p in positions]
+    return torch.stack([reference_view(ds.sample(p)[0], draw(0, p)) for p in positions])
 
 
 def test_draws_depend_on_the_position_alone_whatever_the_workers_world_or_start(tmp_path):
@@ -97,7 +81,7 @@ def test_uint8_hand_off_and_device_tail_equal_the_old_float_pipeline_on_the_same
     lighting and mean subtraction run has moved (to the device, once per batch) — equal to float precision."""
     samples, _ = folder_samples(folder(tmp_path / "f", size=(300, 225)), "train")
     positions = [0, 3, 7, 12, 25]
-    old = torch.stack([old_pipeline(path, draw(0, p)) for path, p in zip(stream_paths(samples, positions), positions)])
+    old = reference(samples, positions)
     new = ours(samples, positions, "pil")
     assert new.shape == old.shape and new.dtype == torch.float32
     torch.testing.assert_close(new, old, rtol=0, atol=1e-6)
@@ -115,7 +99,7 @@ def test_the_tensor_decoders_stay_within_a_grey_level_of_the_old_path(tmp_path, 
         sets["imagenette"] = folder_samples(IMAGENETTE, "train")[0][::97]
     for name, samples in sets.items():
         positions = list(range(len(samples)))
-        old = torch.stack([old_pipeline(p, draw(0, i)) for p, i in zip(stream_paths(samples, positions), positions)])
+        old = reference(samples, positions)
         new = ours(samples, positions, decoder)
         grey = 255 * (new - old).abs().mean().item()
         shifted = 255 * (old[..., 1:] - old[..., :-1]).abs().mean().item()
