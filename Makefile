@@ -18,19 +18,34 @@ LAUNCHER ?= $(shell $(PY) -c "import torch; print('pack' if torch.cuda.is_availa
 LAUNCH = $(if $(filter pack,$(LAUNCHER)),hydra/launcher=pack,hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-all demo data cifar reference figures report bench bench-gpu gpu-check clean
+.PHONY: help install lock test test-all demo data cifar reference figures report bench bench-gpu gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv from nothing with the locked versions (requirements.lock)
+install: $(STAMP)  ## create .venv from nothing with the locked versions (uv.lock; INSTALLER=pip: requirements.lock)
 
-$(STAMP): requirements.lock pyproject.toml
+# INSTALLER: uv (default; uv from PATH, else installed into .venv from the registry) or pip (requirements.lock, the
+# same versions exported from uv.lock). EXTRAS: the extras make installs (trackers: tensorboard is in the dev group)
+INSTALLER ?= uv
+EXTRAS ?= launchers decode
+UV := $(or $(shell command -v uv 2>/dev/null),$(VENV)/bin/uv)
+$(STAMP): uv.lock requirements.lock pyproject.toml
+ifeq ($(INSTALLER),pip)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+else
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(PY) -m pip install --quiet "$$(grep -oE '^uv==[^ ]+' requirements.lock)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet $(addprefix --extra ,$(EXTRAS))
+endif
 	touch $(STAMP)
+
+lock:  ## regenerate uv.lock from pyproject.toml (its [tool.uv] date and torch pin), and requirements.lock from it
+	$(UV) lock
+	$(UV) export --frozen --quiet --no-emit-project $(addprefix --extra ,$(EXTRAS)) -o requirements.lock
 
 test: install  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -m "not slow" -q

@@ -1,9 +1,10 @@
 """`make demo`: train the demo sweep (exp=demo) and write its figure, table and report.
 
-    python -m repro.demo [--cifar10 DIR] [extra Hydra overrides...]
+    python -m repro.demo [--cifar10 DIR | --embedded] [extra Hydra overrides...]     (or: repro-demo ...)
 
 Data, in this order: CIFAR-10 at DIR; else a download into DIR when online; else the embedded synthetic
-task. The choice and the reason are printed first and recorded in every run's meta.json and the report.
+task (--embedded: that task, without looking). The choice and the reason are printed first and recorded in
+every run's meta.json and the report.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pathlib import Path
 from .data import DataError, download_cifar10, find_cifar_dir
 
 
-def choose_data(root: Path) -> tuple[list[str], str, str]:
+def choose_data(root: Path, embedded: bool = False) -> tuple[list[str], str, str]:
     """(Hydra overrides, data name, why) for the demo's data set."""
+    if embedded:
+        return ["data.name=synthetic"], "synthetic", "the embedded synthetic task (--embedded)"
     if find_cifar_dir(root) is not None:
         return [f"data.root={root}"], "cifar10", f"CIFAR-10 found at {root}"
     try:
@@ -33,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar10", type=Path, default=Path("data/cifar10"), help="folder holding cifar-10-batches-py")
+    p.add_argument("--embedded", action="store_true", help="the embedded synthetic task, without looking for CIFAR-10")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--plots", type=Path, default=Path("plots"))
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the runs (e.g. seed=1)")
     args = p.parse_args(argv)
     t0 = time.time()
-    data_over, name, why = choose_data(args.cifar10)
+    data_over, name, why = choose_data(args.cifar10, args.embedded)
     print(f"[demo] data: {why}", flush=True)
     cmd = [sys.executable, "-m", "repro.train", "-m", "exp=demo", f"results_dir={args.results}", *data_over,
            *args.overrides]

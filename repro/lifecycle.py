@@ -23,6 +23,7 @@ from .models import build_model, count_params
 from .names import display_name, run_name
 from .protocol import IMAGEFOLDER_STREAM, data_copy, description, identity
 from .recorder import Recorder
+from .trackers import open_tracker
 from .results import ResultsError, read_meta
 from .rundir import (RunBusy, RunLock, atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run,
                      truncate_metrics, update_meta)
@@ -148,6 +149,8 @@ class Run:
         self.t = Trainee(model, net, fast.compiled(ddp), opt, ddp if world > 1 else None, fast.graph)
         self.rec = Recorder(self.out_dir, self.name, cfg.optim.total_steps, cfg.optim.batch_size,
                             "val" in self.src.splits, self.state.wall_time)
+        if self.out_dir and cfg.get("logger") is not None:
+            self.rec.tracker = open_tracker(cfg.logger, self.dir, self.config, self.state.step)
 
     def _write_start(self, model: torch.nn.Module) -> None:
         """Rank 0: the run folder ready to be written (rows after the checkpoint dropped, or a fresh config), and
@@ -195,7 +198,7 @@ class Run:
         """After the loop returned `status` ('done', 'diverged' or 'preempted', whose checkpoint and mark the
         loop wrote): the finished run's weights and analyses, its status."""
         if status != "preempted":  # a preempted run's checkpoint and mark are already on disk (the loop's)
-            self.rec.close()
+            self.rec.close(final=True)
             if self.out_dir:
                 if status == "done":
                     cfg = self.cfg
@@ -231,7 +234,9 @@ class Run:
         return e
 
     def close(self) -> None:
-        """Let go of the folder (idempotent)."""
+        """Let go of the folder and the tracker (idempotent)."""
+        if self.rec is not None:
+            self.rec.close()
         if self.lock is not None:
             self.lock.release()
             self.lock = None

@@ -36,6 +36,7 @@ OPERATIONAL = frozenset({
     "final_crops", "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download", "data.url",
     "data.fallback", "data.workers", "data.eval_batch_size", "data.format", "lock_wait_s", "dist_timeout_s",
     "data.decoder", "data.decode",
+    "logger.name", "logger.dir", "logger.project", "logger.entity", "logger.mode",
 })
 # The version of repro.imagenet's random stream (which draws a sample position gets); like the seed it is not
 # part of the protocol, but a run is only ever continued on the stream it started on (repro.rundir.run_key).

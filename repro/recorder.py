@@ -1,5 +1,6 @@
 """Rank 0's side of the training loop: each evaluation row to metrics.csv, the status line, the checkpoint
-after it, and the checkpoint a preemption signal asks for."""
+after it, the rows on to the tracker once their checkpoint is on disk (repro.trackers), and the checkpoint a
+preemption signal asks for."""
 from __future__ import annotations
 
 import time
@@ -19,6 +20,8 @@ class Recorder:
         self.writer = MetricsWriter(run_dir / "metrics.csv", columns_for(with_val)) if run_dir else None
         self.t0 = self.t_row = time.perf_counter()
         self.wall_time = wall_time
+        self.tracker = None  # repro.trackers.Tracker (logger=tensorboard|wandb), set by the run on rank 0
+        self.untracked: list[dict] = []  # rows written to the CSV whose checkpoint is not on disk yet
 
     def row(self, row: dict, step_row: int) -> None:
         now = time.perf_counter()
@@ -26,6 +29,8 @@ class Recorder:
         if self.writer:
             self.writer.write(row)  # row first, then the checkpoint: a kill in between only repeats work
             fault_point("after_row", row["step"])
+            if self.tracker:
+                self.untracked.append(dict(row))
             ips = (row["step"] - step_row) * self.batch / max(now - self.t_row, 1e-9)
             val = f" val_err {row['val_err']:.4f}" if "val_err" in row else ""
             print(f"[{self.name}] step {row['step']:>6}/{self.total} ({100 * row['step'] / self.total:5.1f}%) lr "
@@ -49,15 +54,30 @@ class Recorder:
         if self.dir:
             save_checkpoint(self.dir / "checkpoint.pt", t.model, t.opt, state)
             fault_point("after_checkpoint", state.step)
+            self.track()
 
     def preempted(self, t, state: State, signum: int) -> None:
         if self.dir:
             save_checkpoint(self.dir / "checkpoint.pt", t.model, t.opt, state)
             update_meta(self.dir, status="preempted", preempted_at_step=state.step)
+            self.track()
             print(f"[{self.name}] signal {signum}: checkpoint saved at step {state.step}; rerun the same command "
                   f"to resume", flush=True)
         self.close()
 
-    def close(self) -> None:
+    def track(self) -> None:
+        """The rows whose checkpoint is now on disk, to the tracker."""
+        if self.tracker and self.untracked:
+            self.tracker.send(self.untracked)
+            self.untracked = []
+
+    def close(self, final: bool = False) -> None:
+        """`final`: the run ended (done or diverged), so its last rows are final without a checkpoint after
+        them; else (a failure) untracked rows stay untracked, to be recomputed by the resume. Idempotent."""
+        if final:
+            self.track()
+        if self.tracker:
+            self.tracker.close()
+            self.tracker = None
         if self.writer:
             self.writer.close()

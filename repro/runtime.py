@@ -52,6 +52,10 @@ def validate(cfg: DictConfig, world: int = 1) -> None:
             raise ValueError(f"unknown shortcut {cfg.model.shortcut!r}; valid: {', '.join(SHORTCUTS)} (none = plain)")
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+    if cfg.get("logger") is not None:
+        from .trackers import check
+
+        check(cfg.logger)  # an unknown tracker or a missing package: one line now, not after training
 
 
 def resolve_device(name: str, local_rank: int | None = 0) -> torch.device:
@@ -188,15 +192,42 @@ def broadcast(value, world: int):
     return value
 
 
+def config_dir() -> Path:
+    """Hydra's config folder: the copy of experiments/ inside the package when installed from a wheel (it is
+    shipped there, pyproject.toml), else the checkout's experiments/ beside the package."""
+    here = Path(__file__).resolve().parent
+    return here / "experiments" if (here / "experiments" / "config.yaml").is_file() else here.parent / "experiments"
+
+
+def search_folders(argv: list[str]) -> list[Path] | None:
+    """The user's config folders added on the command line (`hydra.searchpath=[file:///my/configs]`, Hydra's
+    search path), or None when one of them is a package (pkg://), whose choices are not listed here."""
+    folders: list[Path] = []
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key != "hydra.searchpath":
+            continue
+        for entry in value.strip("[]").split(","):
+            entry = entry.strip().strip("'\"")
+            if entry.startswith("pkg://"):
+                return None
+            if entry:
+                folders.append(Path(entry.removeprefix("file://")))
+    return folders
+
+
 def check_choices(argv: list[str], experiments: Path) -> str | None:
     """A one-line error for an unknown `exp=` or `+net=` choice on the command line (Hydra's own message
-    is a multi-line listing), else None. Comma-separated sweeps are checked choice by choice."""
+    is a multi-line listing), else None. Comma-separated sweeps are checked choice by choice, against
+    `experiments` and the user's folders on Hydra's search path."""
+    if (extra := search_folders(argv)) is None:
+        return None  # a config package on the search path: Hydra itself reports an unknown choice
     for arg in argv:
         key, _, value = arg.partition("=")
-        group = {"exp": "exp", "+net": "net", "net": "net"}.get(key)
+        group = {"exp": "exp", "+net": "net", "net": "net", "logger": "logger"}.get(key)
         if group is None or not value:
             continue
-        known = sorted(p.stem for p in (experiments / group).glob("*.yaml"))
+        known = sorted({p.stem for d in (experiments, *extra) for p in (d / group).glob("*.yaml")})
         for choice in value.split(","):
             if choice not in known:
                 return f"unknown {group} {choice!r} ({arg}); known: {', '.join(known)}"

@@ -31,7 +31,7 @@ from .lifecycle import PeerLost, Run, Trainee
 from .names import display_name
 from .recorder import Recorder
 from .results import ResultsError
-from .runtime import ConfigError, all_reduce, check_choices, distributed, sync_buffers, validate
+from .runtime import ConfigError, all_reduce, check_choices, config_dir, distributed, sync_buffers, validate
 from .schedule import lr_at, plateau_step, uses_warmup
 from .sources import Source
 from .sweep import is_multirun, mark_failed
@@ -166,7 +166,7 @@ def run(cfg: DictConfig) -> str:
         r.close()
 
 
-@hydra.main(config_path="../experiments", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> str:
     """One run. Bad input ends it with one clear line (exit 2); in a multirun, a failing run is recorded
     and the sweep goes on with the next one (repro.sweep.SweepSummary then exits 1)."""
@@ -191,8 +191,13 @@ def main(cfg: DictConfig) -> str:
             dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    if (bad := check_choices(sys.argv[1:], Path(__file__).resolve().parents[1] / "experiments")) is not None:
+def cli() -> None:
+    """`repro-train` / `python -m repro.train`: Hydra's command line, an unknown experiment or net one line."""
+    if (bad := check_choices(sys.argv[1:], config_dir())) is not None:
         print(f"error: {bad}", file=sys.stderr)
         sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

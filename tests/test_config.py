@@ -133,7 +133,7 @@ def test_every_config_key_is_classified_as_protocol_or_operational(exp):
 
 def test_the_default_config_is_the_paper_protocol_and_an_added_operational_key_changes_no_identity():
     """The default composition, on the official CIFAR-10 files in fp32, is labelled `paper`; a key added to the
-    config later (here a tracker switch no code knows) leaves the identity, the label and a saved run's
+    config later (here keys no code knows, and the tracker group) leaves the identity, the label and a saved run's
     skip/resume decision as they were; a changed protocol key does not."""
     import yaml
 
@@ -143,7 +143,7 @@ def test_the_default_config_is_the_paper_protocol_and_an_added_operational_key_c
     official_fp32 = {"data_md5": OFFICIAL_MD5, "fast": {"bf16": False}}
     config = OmegaConf.to_container(_compose([]), resolve=True)
     assert label(identity(config, official_fp32)) == "paper"
-    added = OmegaConf.to_container(_compose(["+tensorboard=false", "+logger.flush_s=30"]), resolve=True)
+    added = OmegaConf.to_container(_compose(["+notes=x", "logger=tensorboard", "+logger.flush_s=30"]), resolve=True)
     assert identity(added, official_fp32) == identity(config, official_fp32)
     changed = OmegaConf.to_container(_compose(["optim.lr=0.05"]), resolve=True)
     assert label(identity(changed, official_fp32)) == "lr 0.05"
@@ -153,6 +153,7 @@ def test_the_default_config_is_the_paper_protocol_and_an_added_operational_key_c
         saved = COMMITTED[0]
         old, meta = yaml.safe_load(saved.read_text()), read_meta(saved.parent)
         arith = "bf16" if meta["fast"]["bf16"] else "fp32"
-        assert prepare_run_dir(saved.parent, {**old, "tensorboard": False, "logger": {"flush_s": 30}}, arith) == "skip"
+        tracked = {**old, "notes": "x", "logger": {"name": "tensorboard", "flush_s": 30}}
+        assert prepare_run_dir(saved.parent, tracked, arith) == "skip"
         with pytest.raises(ResultsError, match="optim.lr"):  # refused, the folder left as it is
             prepare_run_dir(saved.parent, {**old, "optim": {**old["optim"], "lr": 0.05}}, arith)

@@ -1,0 +1,136 @@
+"""Optional trackers, `logger=none|tensorboard|wandb`: each evaluation row of metrics.csv also sent to
+TensorBoard or Weights & Biases, to watch a sweep live. metrics.csv stays the record; a tracker is a view of it.
+
+A tracker gets a row only once the checkpoint after that row is on disk (repro.recorder), so a resumed run
+never has to take a row back; meta.json's `tracked_step` says how far it got, and a resume first sends the
+kept rows it had not (at most the last one, when a kill came between the checkpoint and the send). TensorBoard
+also writes a purge step at every start, so a row sent twice is shown once. Rank 0 only; one call per
+evaluation row: nothing per step, no host synchronisation added to the step.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from .results import read_meta
+from .rundir import update_meta
+from .runtime import ConfigError
+
+# metrics.csv column -> scalar tag (errors and losses grouped, so train and test sit side by side)
+TAGS = {"train_err": "err/train", "test_err": "err/test", "val_err": "err/val", "train_loss": "loss/train",
+        "test_loss": "loss/test", "val_loss": "loss/val", "lr": "lr", "epoch": "epoch"}
+# each tracker: (the module it imports, the extra that installs it)
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+SCHEDULERS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")  # a batch job: W&B offline unless asked otherwise
+
+
+def check(logger: Any) -> None:
+    """ConfigError (one line, exit 2) for an unknown tracker or one whose package is not installed."""
+    name = logger.name
+    if name == "none":
+        return
+    if name not in TRACKERS:
+        raise ConfigError(f"logger={name}: unknown tracker; use logger=none, logger=tensorboard or logger=wandb")
+    module, extra = TRACKERS[name]
+    try:
+        __import__(module)
+    except ImportError:
+        raise ConfigError(f"logger={name} needs the {module} package, not installed here: pip install "
+                          f"'repro[{extra}]' (or uv sync --extra {extra}), or run with logger=none") from None
+
+
+def wandb_mode(mode: str) -> str:
+    """logger.mode=auto: offline in a batch job or without WANDB_API_KEY (sync later: wandb sync DIR), else
+    online; online, offline and disabled as W&B has them."""
+    if mode != "auto":
+        return mode
+    if any(os.environ.get(v) for v in SCHEDULERS) or not os.environ.get("WANDB_API_KEY"):
+        return "offline"
+    return "online"
+
+
+def scalars(row: dict) -> dict[str, float]:
+    return {tag: float(row[col]) for col, tag in TAGS.items() if col in row and row[col] not in ("", None)}
+
+
+class TensorBoard:
+    def __init__(self, log_dir: Path, purge_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # events at or after purge_step written by an earlier start of this run are dropped by TensorBoard
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def send(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            for tag, value in scalars(row).items():
+                self.writer.add_scalar(tag, value, int(row["step"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandB:
+    def __init__(self, logger: Any, run_dir: Path, config: dict, run_id: str):
+        import wandb
+
+        self.run = wandb.init(project=logger.project, entity=logger.entity, group=run_dir.parent.name,
+                              name=f"{run_dir.parent.name}/{run_dir.name}", id=run_id, resume="allow",
+                              dir=str(Path(logger.dir)), mode=wandb_mode(logger.mode), config=config)
+
+    def send(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self.run.log(scalars(row), step=int(row["step"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Tracker:
+    """One run's tracker: `send` the rows whose checkpoint is on disk, `close` at the end."""
+
+    def __init__(self, sink, run_dir: Path):
+        self.sink, self.dir = sink, run_dir
+
+    def send(self, rows: list[dict]) -> None:
+        if rows:
+            self.sink.send(rows)
+            update_meta(self.dir, tracked_step=int(rows[-1]["step"]))
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def log_dir(logger: Any, run_dir: Path) -> Path:
+    """<logger.dir>/<experiment>/<run>: `tensorboard --logdir runs` shows every sweep."""
+    return Path(logger.dir) / run_dir.parent.name / run_dir.name
+
+
+def csv_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def open_tracker(logger: Any, run_dir: Path, config: dict, step: int) -> Tracker | None:
+    """The run's tracker (None for logger=none), started at checkpoint `step` (0: a fresh run). A resume first
+    sends the rows metrics.csv kept that the tracker had not got."""
+    if logger.name == "none":
+        return None
+    check(logger)
+    meta = read_meta(run_dir)
+    done = int(meta.get("tracked_step", -1)) if step else -1
+    if logger.name == "tensorboard":
+        sink = TensorBoard(log_dir(logger, run_dir), purge_step=done + 1)
+    else:
+        run_id = meta.get("tracker_id") if step else None
+        run_id = run_id or uuid.uuid4().hex[:12]  # a fresh start (overwrite=true too) is a new tracked run
+        update_meta(run_dir, tracker_id=run_id)
+        sink = WandB(logger, run_dir, config, run_id)
+    tracker = Tracker(sink, run_dir)
+    tracker.send([r for r in csv_rows(run_dir / "metrics.csv") if done < int(r["step"]) <= step])
+    return tracker
