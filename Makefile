@@ -9,7 +9,7 @@ CIFAR10 ?= data/cifar10
 # IMAGENET: an ImageFolder root for make bench's ImageNet rows (e.g. ../shared/data/imagenette); empty = tensors
 IMAGENET ?=
 # JOBS: runs of a sweep at once (on 2 CPU cores, 2 runs x 1 thread beat one run on 2 threads: make bench's
-# "concurrent" rows, README "Performance")
+# "concurrent" rows, docs/performance.md)
 JOBS ?= 2
 THREADS ?= $(shell echo $$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )))
 # LAUNCHER: how a sweep's runs share the machine. pack (on CUDA): several runs in one process, each its own

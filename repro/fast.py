@@ -105,7 +105,7 @@ def tune_cpu_allocator() -> bool:
     """Keep freed memory in the process heap (glibc malloc). By default glibc serves every block over
     128 KiB-32 MiB with its own mmap and returns it with munmap on free, so each training step on the CPU
     page-faults its ~8 MB activations back in, zero-filled (tests/test_fidelity.py counts the faults; the
-    gain in a full training step is small and varies: README "Performance", make bench's ablation rows).
+    gain in a full training step is small and varies: make bench's ablation rows, docs/performance.md).
     jemalloc and tcmalloc avoid this too (PyTorch's CPU performance guide suggests them); these two mallopt
     calls do it without a preload. Process-wide, numerically inert; the cost is that the process keeps its
     peak heap. Returns whether it applied (False off glibc)."""

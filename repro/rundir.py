@@ -129,13 +129,16 @@ def update_meta(run_dir: Path, **fields: Any) -> dict:
 
 
 def git_revision() -> tuple[str, bool]:
-    """(commit, dirty) of the code that made a run; ('unknown', False) outside a git checkout."""
+    """(commit, dirty) of the code that made a run; ('unknown', False) outside a git checkout of this project
+    (an installed wheel: its folder may sit inside some other repository)."""
     here = Path(__file__).resolve().parent
+    if not (here.parent / "pyproject.toml").is_file():
+        return "unknown", False
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
         # the code and configs only: results/ and plots/ change as runs are made
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/repro",
-                                ":/experiments", ":/pyproject.toml", ":/requirements.lock"], cwd=here,
+                                ":/experiments", ":/pyproject.toml", ":/uv.lock"], cwd=here,
                                capture_output=True, text=True, check=True)
         return rev.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.CalledProcessError):

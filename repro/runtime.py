@@ -147,7 +147,7 @@ def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
 def configure_backends(device: torch.device, deterministic: bool) -> None:
     """Numerics switches of this process. fp32 means fp32: TF32 off for convolutions and matmuls (torch
     enables it for cuDNN convolutions by default; bf16 runs use autocast instead). `deterministic`: the same
-    kernels on every run, so a CUDA run resumes bit-exactly (README "GPUs and clusters"; it costs cuDNN's
+    kernels on every run, so a CUDA run resumes bit-exactly (docs/gpus-and-clusters.md; it costs cuDNN's
     autotuning and its fastest non-deterministic kernels); otherwise cuDNN picks the fastest kernel per shape
     (our shapes are static: every training batch is full-sized). The CPU is deterministic either way."""
     torch.use_deterministic_algorithms(deterministic)

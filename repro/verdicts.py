@@ -22,11 +22,10 @@ import pandas as pd
 from .names import display_name
 from .results import final_rows
 
-# Default noise floor for nets with one seed: seed-to-seed std of final training error, in points.
-# Measured at the demo scale (width 8, 400 iterations; README "The demo"): plain-20 62.7 / 64.0 / 61.0 over
-# seeds 0-2 (std 1.5); at 1,600 iterations ResNet-20 30.1 / 28.6 (README "Performance"). Full-length runs
-# vary less (Table 6's ResNet-110: 0.16 in test error), so the floor is conservative there; set it with
-# `python -m repro.plots report --noise-floor POINTS`.
+# Default noise floor for nets with one seed: seed-to-seed std of final training error, in points, as measured
+# at the demo scale (width 8, 400 iterations, seeds 0-2: docs/demo.md, from committed result sets). Full-length
+# runs vary less (Table 6's ResNet-110: 0.16 in test error, §4.2), so the floor is conservative there; set it
+# with `python -m repro.plots report --noise-floor POINTS`.
 NOISE_FLOOR = 1.5
 Z = 2.0  # margins beyond two standard errors count
 WORDS = ("holds", "does not hold", "inconclusive", "not measured")

@@ -1,8 +1,8 @@
 """What only a GPU can show: the CUDA path of the training loop for real — bf16 autocast and channels_last as
-`fast=auto` picks them there, a bit-exact kill-and-resume with `deterministic=true` (README "GPUs and
-clusters"), the logged test error equal to the saved model's, a CUDA checkpoint resumed on the CPU, and a run
-under torchrun. They skip on a machine without CUDA (CI, this project's CPU machines); the README says
-where they last ran. Kill points are decided on progress (the fault hooks), never on the clock."""
+`fast=auto` picks them there, a bit-exact kill-and-resume with `deterministic=true` (docs/gpus-and-clusters.md),
+the logged test error equal to the saved model's, a CUDA checkpoint resumed on the CPU, and a run
+under torchrun. They skip on a machine without CUDA (CI, this project's CPU machines); docs/gpus-and-clusters.md
+says where they last ran. Kill points are decided on progress (the fault hooks), never on the clock."""
 
 import pandas as pd
 import pytest

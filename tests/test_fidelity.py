@@ -22,7 +22,7 @@ from repro.graph import train_step
 from repro.train import run
 from conftest import compose, tiny_run_overrides
 
-# bf16 moves these short curves about as much as a seed does (README "Performance" has the measured
+# bf16 moves these short curves about as much as a seed does (docs/performance.md has the measured
 # distances), so the bound is one seed-to-seed distance with room for how much that distance itself varies
 # between seed pairs; the negative control must land outside it.
 SEED_FACTOR = 1.5
