@@ -23,13 +23,13 @@ from .models import build_model, count_params
 from .names import display_name, run_name
 from .protocol import IMAGEFOLDER_STREAM, data_copy, description, identity
 from .recorder import Recorder
-from .trackers import open_tracker
 from .results import ResultsError, read_meta
 from .rundir import (RunBusy, RunLock, atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run,
                      truncate_metrics, update_meta)
 from .runtime import ConfigError, broadcast, configure_backends, rank_zero_first
 from .schedule import uses_warmup
 from .sources import Source, load_source
+from .trackers import open_tracker
 
 
 class PeerLost(Exception):

@@ -123,7 +123,8 @@ def open_tracker(logger: Any, run_dir: Path, config: dict, step: int) -> Tracker
         return None
     check(logger)
     meta = read_meta(run_dir)
-    done = int(meta.get("tracked_step", -1)) if step else -1
+    # rows the tracker has, up to the checkpoint (a diverged run rerun from its checkpoint had its last rows sent)
+    done = min(int(meta.get("tracked_step", -1)), step) if step else -1
     if logger.name == "tensorboard":
         sink = TensorBoard(log_dir(logger, run_dir), purge_step=done + 1)
     else:
