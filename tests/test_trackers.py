@@ -154,3 +154,21 @@ def test_the_exporter_writes_finished_runs_and_says_what_it_skipped(tmp_path, ge
     assert_shows_the_csv(out / "r" / RUN, pd.read_csv(tmp_path / "results" / "r" / RUN / "metrics.csv"))
     assert not (out / "r" / "cifar10-plain-20-s0").exists()
     assert main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_a_diverged_run_rerun_from_its_checkpoint_shows_each_step_once(tmp_path, generated_cifar):
+    """A diverged run's last row reached the tracker without a checkpoint after it; its rerun resumes from the
+    checkpoint before it and diverges again: the purge step drops the first copy. (Diverging after a checkpoint:
+    a warm-up at a sane lr until the first check, then lr 1e12.)"""
+    pytest.importorskip("tensorboard")
+    from repro.train import run
+
+    over = [*BASE, f"results_dir={tmp_path / 'results'}", f"data.root={generated_cifar}", "logger=tensorboard",
+            f"logger.dir={tmp_path / 'tb'}", "optim.lr=1e12", "optim.milestones=[0.99]", "optim.warmup_lr=0.01",
+            "optim.warmup_from_depth=20", "optim.warmup_until_err=0.999"]
+    assert run(compose(over)) == "diverged"
+    first = shown(tmp_path / "tb" / "r" / RUN)["err/train"]
+    assert [s for s, _ in first] == [10, 20]  # diverged at the second row, after the first one's checkpoint
+    assert run(compose(over)) == "diverged"
+    csv = pd.read_csv(tmp_path / "results" / "r" / RUN / "metrics.csv")
+    assert [s for s, _ in shown(tmp_path / "tb" / "r" / RUN)["err/train"]] == list(csv.step) == [s for s, _ in first]
