@@ -30,6 +30,9 @@ install: $(STAMP)  ## create .venv from nothing with the locked versions (uv.loc
 INSTALLER ?= uv
 EXTRAS ?= launchers decode
 UV := $(or $(shell command -v uv 2>/dev/null),$(VENV)/bin/uv)
+# uv itself when absent: the locked release, into .venv, from the registry
+UV_BOOTSTRAP = test -x $(UV) || { test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+  $(PY) -m pip install --quiet "$$(grep -oE '^uv==[^ ]+' requirements.lock)"; }
 $(STAMP): uv.lock requirements.lock pyproject.toml
 ifeq ($(INSTALLER),pip)
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +40,13 @@ ifeq ($(INSTALLER),pip)
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 else
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	test -x $(UV) || $(PY) -m pip install --quiet "$$(grep -oE '^uv==[^ ]+' requirements.lock)"
+	$(UV_BOOTSTRAP)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet $(addprefix --extra ,$(EXTRAS))
 endif
 	touch $(STAMP)
 
 lock:  ## regenerate uv.lock from pyproject.toml (its [tool.uv] date and torch pin), and requirements.lock from it
+	$(UV_BOOTSTRAP)
 	$(UV) lock
 	$(UV) export --frozen --quiet --no-emit-project $(addprefix --extra ,$(EXTRAS)) -o requirements.lock
 
