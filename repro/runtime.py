@@ -217,8 +217,8 @@ def search_folders(argv: list[str]) -> list[Path] | None:
 
 
 def check_choices(argv: list[str], experiments: Path) -> str | None:
-    """A one-line error for an unknown `exp=` or `+net=` choice on the command line (Hydra's own message
-    is a multi-line listing), else None. Comma-separated sweeps are checked choice by choice, against
+    """A one-line error for an unknown `exp=`, `+net=` or `logger=` choice on the command line (Hydra's own
+    message is a multi-line listing), else None. Comma-separated sweeps are checked choice by choice, against
     `experiments` and the user's folders on Hydra's search path."""
     if (extra := search_folders(argv)) is None:
         return None  # a config package on the search path: Hydra itself reports an unknown choice
