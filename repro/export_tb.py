@@ -5,7 +5,7 @@
     tensorboard --logdir runs
 
 Each run becomes <out>/<experiment>/<run> with the scalars logger=tensorboard writes live (err/train, err/test,
-loss/..., lr, epoch; repro.trackers.TAGS). An export replaces what an earlier export (or a live tracker) wrote
+loss/..., lr, epoch; repro.trackers.TensorBoard). An export replaces what an earlier export (or a live tracker) wrote
 there: the CSV is the record, the events a view of it.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .results import ResultsError, find_runs, read_meta, read_metrics
 from .runtime import ConfigError
-from .trackers import TAGS, check
+from .trackers import TensorBoard, check
 
 
 def start_time(meta: dict) -> float:
@@ -30,19 +30,14 @@ def start_time(meta: dict) -> float:
 
 def export_run(run: Path, out: Path) -> tuple[Path, int]:
     """One run folder's rows into <out>/<experiment>/<run>; (that folder, rows written)."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    df = read_metrics(run / "metrics.csv")
+    rows = read_metrics(run / "metrics.csv").to_dict("records")
     dest = out / run.parent.name / run.name
     for old in dest.glob("events.out.tfevents.*"):
         old.unlink()
-    t0 = start_time(read_meta(run))
-    with SummaryWriter(str(dest), purge_step=0) as w:
-        for row in df.to_dict("records"):
-            for col, tag in TAGS.items():
-                if col in row:
-                    w.add_scalar(tag, float(row[col]), int(row["step"]), walltime=t0 + float(row["wall_time"]))
-    return dest, len(df)
+    sink = TensorBoard(dest, purge_step=0, t0=start_time(read_meta(run)))
+    sink.send(rows)
+    sink.close()
+    return dest, len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unfinished", action="store_true", help="also export runs that are not done (marked so)")
     args = p.parse_args(argv)
     try:
-        check(argparse.Namespace(name="tensorboard"))
+        check("tensorboard")
         runs = find_runs(args.results)
         if not runs:
             raise ResultsError(f"no run folders (with a metrics.csv) under {', '.join(map(str, args.results))}")

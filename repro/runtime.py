@@ -55,7 +55,7 @@ def validate(cfg: DictConfig, world: int = 1) -> None:
     if cfg.get("logger") is not None:
         from .trackers import check
 
-        check(cfg.logger)  # an unknown tracker or a missing package: one line now, not after training
+        check(cfg.logger.name)  # an unknown tracker or a missing package: one line now, not after training
 
 
 def resolve_device(name: str, local_rank: int | None = 0) -> torch.device:

@@ -9,37 +9,33 @@ evaluation row: nothing per step, no host synchronisation added to the step.
 """
 from __future__ import annotations
 
-import csv
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from .results import read_meta
+from .results import read_meta, read_metrics
 from .rundir import update_meta
 from .runtime import ConfigError
 
 # metrics.csv column -> scalar tag (errors and losses grouped, so train and test sit side by side)
 TAGS = {"train_err": "err/train", "test_err": "err/test", "val_err": "err/val", "train_loss": "loss/train",
         "test_loss": "loss/test", "val_loss": "loss/val", "lr": "lr", "epoch": "epoch"}
-# each tracker: (the module it imports, the extra that installs it)
-TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+TRACKERS = ("tensorboard", "wandb")  # each one's package and the extra that installs it have its name
 SCHEDULERS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")  # a batch job: W&B offline unless asked otherwise
 
 
-def check(logger: Any) -> None:
+def check(name: str) -> None:
     """ConfigError (one line, exit 2) for an unknown tracker or one whose package is not installed."""
-    name = logger.name
     if name == "none":
         return
     if name not in TRACKERS:
         raise ConfigError(f"logger={name}: unknown tracker; use logger=none, logger=tensorboard or logger=wandb")
-    module, extra = TRACKERS[name]
     try:
-        __import__(module)
+        __import__(name)
     except ImportError:
-        raise ConfigError(f"logger={name} needs the {module} package, not installed here: pip install "
-                          f"'repro[{extra}]' (or uv sync --extra {extra}), or run with logger=none") from None
+        raise ConfigError(f"logger={name} needs the {name} package, not installed here: pip install "
+                          f"'repro[{name}]' (or uv sync --extra {name}), or run with logger=none") from None
 
 
 def wandb_mode(mode: str) -> str:
@@ -53,20 +49,25 @@ def wandb_mode(mode: str) -> str:
 
 
 def scalars(row: dict) -> dict[str, float]:
-    return {tag: float(row[col]) for col, tag in TAGS.items() if col in row and row[col] not in ("", None)}
+    return {tag: float(row[col]) for col, tag in TAGS.items() if col in row}
 
 
 class TensorBoard:
-    def __init__(self, log_dir: Path, purge_step: int):
+    """Event files in `log_dir`. `t0`: rows are stamped t0 + their wall_time (the exporter: a finished run's
+    own time axis) instead of now (live)."""
+
+    def __init__(self, log_dir: Path, purge_step: int, t0: float | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         # events at or after purge_step written by an earlier start of this run are dropped by TensorBoard
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.t0 = t0
 
     def send(self, rows: Iterable[dict]) -> None:
         for row in rows:
+            when = None if self.t0 is None else self.t0 + float(row["wall_time"])
             for tag, value in scalars(row).items():
-                self.writer.add_scalar(tag, value, int(row["step"]))
+                self.writer.add_scalar(tag, value, int(row["step"]), walltime=when)
         self.writer.flush()
 
     def close(self) -> None:
@@ -109,19 +110,11 @@ def log_dir(logger: Any, run_dir: Path) -> Path:
     return Path(logger.dir) / run_dir.parent.name / run_dir.name
 
 
-def csv_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def open_tracker(logger: Any, run_dir: Path, config: dict, step: int) -> Tracker | None:
     """The run's tracker (None for logger=none), started at checkpoint `step` (0: a fresh run). A resume first
     sends the rows metrics.csv kept that the tracker had not got."""
     if logger.name == "none":
-        return None
-    check(logger)
+        return None  # (an unknown name or a missing package was refused by runtime.validate)
     meta = read_meta(run_dir)
     # rows the tracker has, up to the checkpoint (a diverged run rerun from its checkpoint had its last rows sent)
     done = min(int(meta.get("tracked_step", -1)), step) if step else -1
@@ -133,5 +126,6 @@ def open_tracker(logger: Any, run_dir: Path, config: dict, step: int) -> Tracker
         update_meta(run_dir, tracker_id=run_id)
         sink = WandB(logger, run_dir, config, run_id)
     tracker = Tracker(sink, run_dir)
-    tracker.send([r for r in csv_rows(run_dir / "metrics.csv") if done < int(r["step"]) <= step])
+    kept = read_metrics(run_dir / "metrics.csv").to_dict("records") if step else []
+    tracker.send([r for r in kept if done < int(r["step"]) <= step])
     return tracker

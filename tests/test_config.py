@@ -143,8 +143,10 @@ def test_the_default_config_is_the_paper_protocol_and_an_added_operational_key_c
     official_fp32 = {"data_md5": OFFICIAL_MD5, "fast": {"bf16": False}}
     config = OmegaConf.to_container(_compose([]), resolve=True)
     assert label(identity(config, official_fp32)) == "paper"
-    added = OmegaConf.to_container(_compose(["+notes=x", "logger=tensorboard", "+logger.flush_s=30"]), resolve=True)
-    assert identity(added, official_fp32) == identity(config, official_fp32)
+    for logger in ("tensorboard", "wandb"):
+        added = OmegaConf.to_container(_compose(["+notes=x", f"logger={logger}", "logger.dir=elsewhere",
+                                                 "+logger.flush_s=30"]), resolve=True)
+        assert identity(added, official_fp32) == identity(config, official_fp32)
     changed = OmegaConf.to_container(_compose(["optim.lr=0.05"]), resolve=True)
     assert label(identity(changed, official_fp32)) == "lr 0.05"
     if COMMITTED:  # a committed run's saved config with the added keys: still skipped

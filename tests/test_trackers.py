@@ -123,19 +123,6 @@ def test_wandb_gets_each_row_once_in_one_resumed_run_offline_by_default(tmp_path
     assert fake2.inits[0]["mode"] == "offline" and fake2.inits[0]["id"] != init["id"]  # a fresh start: a new run
 
 
-def test_the_tracker_keys_are_operational():
-    """Turning a tracker on changes no run's identity (repro.protocol.PROTOCOL_KEYS): committed runs still skip."""
-    from omegaconf import OmegaConf
-
-    from repro.protocol import identity
-
-    meta = {"fast": {"bf16": False}}
-    plain = OmegaConf.to_container(compose([]), resolve=True)
-    for logger in ("tensorboard", "wandb"):
-        tracked = OmegaConf.to_container(compose([f"logger={logger}", "logger.dir=elsewhere"]), resolve=True)
-        assert identity(tracked, meta) == identity(plain, meta)
-
-
 def test_the_exporter_writes_finished_runs_and_says_what_it_skipped(tmp_path, generated_cifar, capsys):
     pytest.importorskip("tensorboard")
     from repro.export_tb import main
