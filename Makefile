@@ -41,7 +41,7 @@ ifeq ($(INSTALLER),pip)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 else
 	$(UV_BOOTSTRAP)
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet $(addprefix --extra ,$(EXTRAS))
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet --compile-bytecode $(addprefix --extra ,$(EXTRAS))
 endif
 	touch $(STAMP)
 
@@ -50,11 +50,16 @@ lock:  ## regenerate uv.lock from pyproject.toml (its [tool.uv] date and torch p
 	$(UV) lock
 	$(UV) export --frozen --quiet --no-emit-project $(addprefix --extra ,$(EXTRAS)) -o requirements.lock
 
-test: install  ## run the test suite (CPU, a few minutes)
-	$(PY) -m pytest -m "not slow" -q
+# TEST_WORKERS: pytest-xdist processes (auto = one per core). Every quick test must finish within its budget
+# (tests/budget.py), so a new slow test is marked @pytest.mark.slow and runs in make test-all (CI) instead
+TEST_WORKERS ?= auto
+PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -q
 
-test-all: install  ## the test suite including the slow tests
-	$(PY) -m pytest -q
+test: install  ## the quick test suite (CPU, about 4 minutes on 2 cores; not the tests marked slow)
+	$(PYTEST) -m "not slow" --durations=15
+
+test-all: install  ## every test, the slow ones too (what CI runs: .ci/run)
+	$(PYTEST) --durations=30
 
 demo: install  ## the degradation problem on CPU in minutes: CIFAR-10 if found at $(CIFAR10), else the embedded task
 	$(PY) -m repro.demo --cifar10 $(CIFAR10)

@@ -150,7 +150,8 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
     kernels on every run, so a CUDA run resumes bit-exactly (docs/gpus-and-clusters.md; it costs cuDNN's
     autotuning and its fastest non-deterministic kernels); otherwise cuDNN picks the fastest kernel per shape
     (our shapes are static: every training batch is full-sized). The CPU is deterministic either way."""
-    torch.use_deterministic_algorithms(deterministic)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call imports torch._inductor (seconds)
+        torch.use_deterministic_algorithms(deterministic)
     if device.type != "cuda":
         return
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

@@ -2,16 +2,28 @@
 format, and a helper that composes the real Hydra configs (shrunk) for training runs."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+pytest_plugins = ("budget", "pytester")  # budget: the quick suite's per-test guard (tests/budget.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CIFAR = SHARED / "cifar10"
 IMAGENETTE = SHARED / "imagenette"
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (make test: one worker per core), each worker's in-process torch gets its share of
+    the cores, so that two workers do not fight over both."""
+    if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 def has_real_cifar() -> bool:
@@ -68,8 +80,14 @@ def compose(overrides: list[str]):
         return hcompose("config", overrides=overrides, return_hydra_config=False)
 
 
+# The nets of the tests whose point is the machinery (resume, locks, sweeps, trackers, packs), not the numbers:
+# first-stage width 4 and 100 test images. Exact resume, one owner per folder and the CSV contract hold at any
+# size; a test that needs the paper's width (golden parameter counts) passes model.width=null after these.
+SMALL = ("model.width=4", "data.test_size=100", "data.eval_batch_size=100")
+
+
 def tiny_run_overrides(results: Path, cifar: Path, *extra: str) -> list[str]:
-    return ["exp=smoke", f"results_dir={results}", f"data.root={cifar}", "exp_name=t", *extra]
+    return ["exp=smoke", *SMALL, f"results_dir={results}", f"data.root={cifar}", "exp_name=t", *extra]
 
 
 def python() -> str:

@@ -159,3 +159,24 @@ def test_the_default_config_is_the_paper_protocol_and_an_added_operational_key_c
         assert prepare_run_dir(saved.parent, tracked, arith) == "skip"
         with pytest.raises(ResultsError, match="optim.lr"):  # refused, the folder left as it is
             prepare_run_dir(saved.parent, {**old, "optim": {**old["optim"], "lr": 0.05}}, arith)
+
+
+def test_the_quick_suite_fails_a_test_over_its_budget_and_passes_a_slow_one(pytester, monkeypatch):
+    """The guard of `make test` (tests/budget.py): a quick test over the budget fails the session and is named;
+    the same test marked slow does not count; under the budget all pass."""
+    pytester.makeconftest("pytest_plugins = ('budget',)")
+    pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n")
+    pytester.makepyfile(test_timed="""
+        import time, pytest
+        def test_lingers(): time.sleep(0.3)
+        @pytest.mark.slow
+        def test_lingers_marked(): time.sleep(0.3)
+        def test_quick(): pass
+    """)
+    monkeypatch.setenv("REPRO_QUICK_TEST_BUDGET_S", "0.1")
+    over = pytester.runpytest("-p", "no:cacheprovider")
+    assert over.ret == pytest.ExitCode.TESTS_FAILED
+    over.stdout.fnmatch_lines(["*test_timed.py::test_lingers took * s, over the 0.1 s budget*"])
+    assert "test_lingers_marked took" not in over.stdout.str()
+    monkeypatch.setenv("REPRO_QUICK_TEST_BUDGET_S", "5")
+    assert pytester.runpytest("-p", "no:cacheprovider").ret == pytest.ExitCode.OK

@@ -11,7 +11,7 @@ import torch
 from repro.analysis import COLUMNS, response_stats
 from repro.models import build_model
 from repro.train import run
-from conftest import ROOT, compose, python
+from conftest import ROOT, SMALL, compose, python
 
 
 def pop_std(v: torch.Tensor) -> float:
@@ -61,7 +61,7 @@ def test_gamma_beta_and_the_branch_over_shortcut_ratio_on_a_net_with_known_numbe
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, generated_cifar):
     results = tmp_path_factory.mktemp("eval")
-    cfg = compose(["exp=smoke", "exp_name=e", f"results_dir={results}", f"data.root={generated_cifar}", "threads=1"])
+    cfg = compose(["exp=smoke", *SMALL, "exp_name=e", f"results_dir={results}", f"data.root={generated_cifar}", "threads=1"])
     assert run(cfg) == "done"
     return results / "e" / "cifar10-resnet-20-s0"
 

@@ -46,6 +46,7 @@ def test_one_step_is_the_same_computation():
     assert (w1 - w2).abs().max() < 1e-4  # measured: ~2e-5 (float summation order)
 
 
+@pytest.mark.slow  # four 240-step runs on real images: about a minute on 2 cores
 def test_fast_path_moves_the_curves_less_than_a_seed_and_a_changed_net_does_not(tmp_path, real_cifar_root):
     """The whole fast path with bf16 forced on against the plain fp32 NCHW path, same seed, 240 iterations:
     the distance between the curves (sum over train loss, train error, test error of the mean |gap|) is held

@@ -10,10 +10,10 @@ import pytest
 
 from repro.results import read_meta
 from repro.train import run
-from conftest import ROOT, compose, python
+from conftest import ROOT, SMALL, compose, python
 
 # exp=smoke's sizes without its sweep grid (the nets are swept here)
-BASE = ["exp_name=p", "data.train_size=1000", "data.test_size=500", "data.eval_batch_size=500", "optim.batch_size=32",
+BASE = ["exp_name=p", "data.train_size=1000", *SMALL, "optim.batch_size=32",
         "optim.total_steps=40", "eval_every=10", "save_model=false", "analyze_responses=false", "threads=1"]
 NETS = {"resnet-20": "cifar10-resnet-20-s0", "resnet-32": "cifar10-resnet-32-s0", "plain-20": "cifar10-plain-20-s0"}
 

@@ -16,10 +16,10 @@ from repro.checkpoint import load_checkpoint
 from repro.runtime import ConfigError
 from repro.train import run
 from repro.models import build_model
-from conftest import ROOT, compose, python, write_cifar_folder
+from conftest import ROOT, SMALL, compose, python, write_cifar_folder
 
 RUN = "cifar10-resnet-20-s0"
-BASE = ["exp=smoke", "exp_name=r", "optim.total_steps=40", "eval_every=10", "save_model=false",
+BASE = ["exp=smoke", *SMALL, "exp_name=r", "optim.total_steps=40", "eval_every=10", "save_model=false",
         "analyze_responses=false", "threads=1"]
 
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from repro.results import read_meta
-from conftest import compose, train_process
+from conftest import SMALL, compose, train_process
 
 RUN = "cifar10-resnet-20-s0"
-BASE = ["exp=smoke", "exp_name=r", "optim.total_steps=40", "eval_every=10", "save_model=false",
+BASE = ["exp=smoke", *SMALL, "exp_name=r", "optim.total_steps=40", "eval_every=10", "save_model=false",
         "analyze_responses=false", "threads=1"]
 TAGS = {"err/train": "train_err", "err/test": "test_err", "loss/train": "train_loss", "lr": "lr"}
 

@@ -42,7 +42,7 @@ def _rows(path):
 
 
 def test_a_real_tiny_run_writes_the_documented_csv(tmp_path, cifar_root):
-    status = run(compose(tiny_run_overrides(tmp_path, cifar_root)))
+    status = run(compose(tiny_run_overrides(tmp_path, cifar_root, "model.width=null")))  # the paper's width
     assert status == "done"
     run_dir = tmp_path / "t" / "cifar10-resnet-20-s0"
     with open(run_dir / "metrics.csv") as f:
