@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .data import BatchStream, find_cifar_dir, load_image_data, make_synthetic, write_cifar_format
+from .errors import command
 from .fast import Fast, resolve_fast, tune_cpu_allocator
 from .models import build_model, count_macs
 from .names import display_name
@@ -277,6 +278,7 @@ def parse_nets(text: str) -> list[tuple[int, str]]:
     return nets
 
 
+@command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

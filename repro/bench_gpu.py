@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from .bench import FIG6_NETS, our_net, parse_nets, sec_per_image, timed, write_json
 from .data import load_image_data
+from .errors import command
 from .fast import resolve_fast
 from .graph import make_step
 from .lifecycle import Trainee
@@ -170,6 +171,7 @@ def section(report: dict, key: str, fn):
         return None
 
 
+@command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.bench_gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

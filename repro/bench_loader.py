@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .bench import isolated, measure_imagenet, write_json
+from .errors import command
 from .imagenet import (CROP, EIGVAL, EIGVEC, LIGHTING_STD, MEAN, Draw, Samples, StepSampler, StreamDataset,
                        collate_mixed, decode_batch_on_device, draw, folder_samples, resolve_decoder,
                        resolve_workers, tail)
@@ -162,6 +163,7 @@ def loader_rows(imagenet: Path | None, device: torch.device, generated: int = 96
     return rows
 
 
+@command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.bench_loader", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,7 +1,8 @@
 """What makes a run survive kills and preemption: the resumable state, atomic checkpoints, the
-SLURM/submitit signal handling, and the fault-injection points the reliability tests use."""
+SLURM/submitit signal handling (and Ctrl-C's), and the fault-injection points the reliability tests use."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import INTERRUPTED
 from .results import ResultsError
 from .rundir import atomic_write
 
@@ -37,12 +39,19 @@ def fault_point(name: str, step: int) -> None:
     SIGKILL when the loop reaches that point ('kill': the end of any step; 'term' sends SIGTERM there, as a
     scheduler would; 'term_launcher': rank 0 sends SIGTERM to its parent, torchrun, as SLURM signals the job
     step, which hands it on to every rank; 'kill_launcher': rank 0 SIGKILLs torchrun alone, as an
-    out-of-memory kill or a closed terminal does; 'stop': SIGSTOP, a peer alive but stalled; 'raise' raises).
-    REPRO_FAULT_RANK=<r>: only rank r acts. Unset in normal use."""
+    out-of-memory kill or a closed terminal does; 'stop': SIGSTOP, a peer alive but stalled; 'raise' raises;
+    'int' sends SIGINT, Ctrl-C, and 'int2' two of them, a second Ctrl-C while the first is handled; 'enospc'
+    fails the checkpoint write as a full disk does). REPRO_FAULT_RANK=<r>: only rank r acts. Unset in normal use."""
     rank = os.environ.get("RANK", "0")
     if os.environ.get("REPRO_FAULT") == f"{name}:{step}" and os.environ.get("REPRO_FAULT_RANK", rank) == rank:
         if name == "raise":
             raise RuntimeError(f"injected failure at step {step}")
+        if name == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if name in ("int", "int2"):
+            for _ in range(1 if name == "int" else 2):
+                os.kill(os.getpid(), signal.SIGINT)
+            return
         if name in ("term_launcher", "kill_launcher"):
             if rank == "0":
                 os.kill(os.getppid(), signal.SIGTERM if name == "term_launcher" else signal.SIGKILL)
@@ -57,7 +66,11 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": asdict(state),
                 "torch_rng": torch.get_rng_state()}, buf)
-    atomic_write(path, buf.getvalue(), before_replace=lambda: fault_point("checkpoint", state.step))
+    def before_replace() -> None:  # the temp file is written: a kill or a full disk here leaves the old one
+        fault_point("checkpoint", state.step)
+        fault_point("enospc", state.step)
+
+    atomic_write(path, buf.getvalue(), before_replace=before_replace)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, data: bytes | None = None) -> State:
@@ -93,10 +106,13 @@ def follow_params(opt: torch.optim.Optimizer) -> None:
 
 
 class SignalFlag:
-    """SIGTERM/SIGUSR1/SIGUSR2 (what SLURM and submitit send before a kill) set a flag that the loop
-    checks once per step; the loop then checkpoints and hands the signal on to the previous handler."""
+    """SIGTERM/SIGUSR1/SIGUSR2 (what SLURM and submitit send before a kill) and SIGINT (Ctrl-C) set a flag
+    that the loop checks once per step; the loop then checkpoints at that step and hands the signal on to the
+    previous handler (Ctrl-C: exit 130, no traceback). A second Ctrl-C while the first is handled exits at
+    once: the last checkpoint on disk stands (an atomic write in flight leaves it whole). SIGINT is left alone
+    where the process started with it ignored (a background job, nohup), as shells intend."""
 
-    NAMES = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+    NAMES = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 
     def __init__(self):
         self.signum: int | None = None
@@ -106,11 +122,18 @@ class SignalFlag:
         for name in self.NAMES:
             if hasattr(signal, name):
                 s = getattr(signal, name)
+                if s == signal.SIGINT and signal.getsignal(s) in (signal.SIG_IGN, None):
+                    continue
                 self.previous[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            os.write(2, b"second Ctrl-C: stopped at once; the last checkpoint stands: rerun the same command "
+                        b"to resume from it\n")
+            os._exit(INTERRUPTED)
+        if self.signum is None:
+            self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for s, h in self.previous.items():
@@ -119,7 +142,10 @@ class SignalFlag:
 
     def pass_on(self, signum: int) -> None:
         """Restore the previous handler and re-deliver the signal (submitit requeues on USR2; the default
-        action ends the process, as SLURM expects), then exit 128+signum if still alive."""
+        action ends the process, as SLURM expects), then exit 128+signum if still alive. Ctrl-C: exit 130
+        (Python's own handler would raise KeyboardInterrupt: a traceback for a clean stop)."""
         self.__exit__()
+        if signum == signal.SIGINT:
+            sys.exit(INTERRUPTED)
         signal.raise_signal(signum)
         sys.exit(128 + signum)

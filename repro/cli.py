@@ -16,10 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from .errors import command
 from .results import ResultsError, curve_gaps, read_metrics
 from .verdicts import NOISE_FLOOR
 
 
+@command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     from .plots import ARTEFACTS, check_inputs, render
     from .report import write_report

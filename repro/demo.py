@@ -9,12 +9,15 @@ every run's meta.json and the report.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .data import DataError, download_cifar10, find_cifar_dir
+from .errors import INTERRUPTED, command
 
 
 def choose_data(root: Path, embedded: bool = False) -> tuple[list[str], str, str]:
@@ -32,6 +35,20 @@ def choose_data(root: Path, embedded: bool = False) -> tuple[list[str], str, str
         return ["data.name=synthetic"], "synthetic", why
 
 
+def train_sweep(cmd: list[str]) -> int:
+    """The training sweep as a child process; its exit status. A Ctrl-C reaches its runs once, from here: the
+    sweep runs in its own process group (so the terminal's SIGINT comes to this process alone) and each SIGINT
+    is handed on to that group (the sweep's process and the parallel launcher's workers, which train), so the
+    first one stops every run at its step with a checkpoint and a second one stops them at once."""
+    child = subprocess.Popen(cmd, process_group=0)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: os.killpg(child.pid, signal.SIGINT))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "repro.train", "-m", "exp=demo", f"results_dir={args.results}", *data_over,
            *args.overrides]
     print("[demo] " + " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd).returncode != 0:
+    if (rc := train_sweep(cmd)) == INTERRUPTED:
+        print("[demo] interrupted (Ctrl-C): the runs stopped where they stood; rerun the same command to resume "
+              "them (finished runs are skipped)", file=sys.stderr)
+        return INTERRUPTED
+    if rc != 0:
         print("[demo] training failed; see the messages above", file=sys.stderr)
         return 1
     from .report import write_report

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from .analysis import COLUMNS, format_rows, response_stats
 from .data import DataError
+from .errors import command
 from .fast import Fast
 from .models import build_model
 from .results import ResultsError, read_meta, read_metrics
@@ -105,6 +106,7 @@ def reevaluate(run_dir: Path, device_name: str = "auto", data_root: str | None =
     return out
 
 
+@command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

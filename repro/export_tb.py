@@ -15,6 +15,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from .errors import command
 from .results import ResultsError, find_runs, read_meta, read_metrics
 from .runtime import ConfigError
 from .trackers import TensorBoard, check
@@ -40,6 +41,7 @@ def export_run(run: Path, out: Path) -> tuple[Path, int]:
     return dest, len(rows)
 
 
+@command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.export_tb", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

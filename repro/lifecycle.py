@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import State, load_checkpoint
 from .data import ImageData, cifar_fingerprint
+from .errors import storage_error
 from .fast import Fast, resolve_fast, tune_cpu_allocator
 from .finish import finish
 from .models import build_model, count_params
@@ -225,13 +226,27 @@ class Run:
             b = self.cfg.optim.batch_size
             return ConfigError(f"CUDA out of memory at optim.batch_size={b}; try a smaller batch "
                                f"(e.g. optim.batch_size={max(1, b // 2)}) or optim.splits=2")
-        if self.out_dir:
-            update_meta(self.dir, status="failed", error=f"{type(e).__name__}: {e}", end_time=now_iso())
+        if (disk := storage_error(e)) is not None:  # a full disk mid-run: the checkpoint before it stands
+            saved = self.rec.saved_step if self.rec is not None else None
+            kept = f"its checkpoint at step {saved} kept" if saved is not None else \
+                "its last checkpoint kept" if (self.dir / "checkpoint.pt").exists() else "nothing to resume from yet"
+            disk = storage_error(e, f"the run is marked failed, {kept}: rerun the same command to resume")
+            self._mark_failed(str(disk))
+            return disk
+        self._mark_failed(f"{type(e).__name__}: {e}")
         if self.world > 1 and isinstance(e, (dist.DistError, RuntimeError)):
             return PeerLost(f"{self.dir}: a data-parallel peer was lost or stalled at step {self.state.step} "
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the run is marked "
                             f"failed, its checkpoint kept: rerun the same command to resume it")
         return e
+
+    def _mark_failed(self, error: str) -> None:
+        """meta.json says the run failed and why, where the disk still takes that small write."""
+        if self.out_dir:
+            try:
+                update_meta(self.dir, status="failed", error=error, end_time=now_iso())
+            except OSError:
+                pass  # the disk refuses even this: the status stays 'running', the checkpoint resumes it
 
     def close(self) -> None:
         """Let go of the folder and the tracker (idempotent)."""

@@ -61,7 +61,7 @@ def label(df: pd.DataFrame, net: Net) -> str:
     seeds = sub.seed.nunique()
     text = display_name(*net) + (f" ({seeds} seeds)" if seeds > 1 else "")
     last = last_rows(sub)
-    states = sorted({"in progress" if s in ("running", "preempted") else s
+    states = sorted({"in progress" if s in ("running", "preempted", "interrupted") else s
                      for s, f in zip(last.status, last.finished) if not f})
     return text + "".join(f" ({s})" for s in states)
 

@@ -3,6 +3,7 @@ after it, the rows on to the tracker once their checkpoint is on disk (repro.tra
 preemption signal asks for."""
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class Recorder:
         self.wall_time = wall_time
         self.tracker = None  # repro.trackers.Tracker (logger=tensorboard|wandb), set by the run on rank 0
         self.untracked: list[dict] = []  # rows written to the CSV whose checkpoint is not on disk yet
+        self.saved_step: int | None = None  # the step of the last checkpoint this process wrote
 
     def row(self, row: dict, step_row: int) -> None:
         now = time.perf_counter()
@@ -53,16 +55,21 @@ class Recorder:
     def checkpoint(self, t, state: State) -> None:
         if self.dir:
             save_checkpoint(self.dir / "checkpoint.pt", t.model, t.opt, state)
+            self.saved_step = state.step
             fault_point("after_checkpoint", state.step)
             self.track()
 
     def preempted(self, t, state: State, signum: int) -> None:
+        """A signal stopped the run at this step: its checkpoint, and the status that says why ('interrupted'
+        for Ctrl-C, 'preempted' for a scheduler's signal); either resumes from here."""
         if self.dir:
             save_checkpoint(self.dir / "checkpoint.pt", t.model, t.opt, state)
-            update_meta(self.dir, status="preempted", preempted_at_step=state.step)
+            ctrl_c = signum == signal.SIGINT
+            update_meta(self.dir, status="interrupted" if ctrl_c else "preempted", preempted_at_step=state.step)
             self.track()
-            print(f"[{self.name}] signal {signum}: checkpoint saved at step {state.step}; rerun the same command "
-                  f"to resume", flush=True)
+            why = "Ctrl-C" if ctrl_c else f"signal {signum}"
+            print(f"[{self.name}] {why}: stopped at step {state.step}/{self.total}, checkpoint saved in {self.dir}; "
+                  f"rerun the same command to resume", flush=True)
         self.close()
 
     def track(self) -> None:

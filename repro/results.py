@@ -3,7 +3,7 @@
 results/<exp>/<run-name>/
   metrics.csv   one row per evaluation (COLUMNS below), flushed and fsynced as written
   config.yaml   the resolved config the run was made with
-  meta.json     status (running/done/diverged/failed/preempted), versions, git revision, device, params
+  meta.json     status (running/done/diverged/failed/preempted/interrupted), versions, git revision, device, params
   checkpoint.pt the latest checkpoint (not committed); model.pt, the final weights (not committed)
   responses.csv per-layer response std on the test set (Fig. 7), written after training
 """

@@ -32,8 +32,10 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)  # the previous file stands
+        if isinstance(e, OSError) and e.filename != str(path):  # name the file meant, not its temp copy
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     fsync_dir(path.parent)  # the rename itself on disk: a power cut cannot undo it
 
@@ -219,8 +221,11 @@ class MetricsWriter:
             fsync_dir(path.parent)
 
     def write(self, row: dict) -> None:
-        self._w.writerow({k: row[k] for k in self.columns})
-        self._sync()
+        try:
+            self._w.writerow({k: row[k] for k in self.columns})
+            self._sync()
+        except OSError as e:  # a full disk: named (a half row is dropped on resume, by truncate_metrics)
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def _sync(self) -> None:
         self._f.flush()

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from .checkpoint import SignalFlag, State, fault_point
 from .data import DataError
+from .errors import StorageError, command, exit_code, storage_error
 from .fast import FastConfigError
 from .graph import make_step
 from .lifecycle import PeerLost, Run, Trainee
@@ -34,12 +35,12 @@ from .results import ResultsError
 from .runtime import ConfigError, all_reduce, check_choices, config_dir, distributed, sync_buffers, validate
 from .schedule import lr_at, plateau_step, uses_warmup
 from .sources import Source
-from .sweep import is_multirun, mark_failed
+from .sweep import is_multirun, mark_failed, mark_interrupted, sweep_interrupted
 
 # Hydra finds launchers only in the `hydra_plugins` namespace package: ours (hydra/launcher=pack) ships here
 sys.path.append(str(Path(__file__).resolve().parent / "_plugins"))
 
-USER_ERRORS = (ConfigError, DataError, ResultsError, FastConfigError)
+USER_ERRORS = (ConfigError, DataError, ResultsError, FastConfigError, StorageError)
 AGREE_EVERY = 10  # data-parallel: steps between the ranks' votes on a preemption signal (a stop within 10 steps)
 
 
@@ -87,7 +88,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder,
     step = make_step(t, src, windows, o.splits, state.step, device, name)  # eager, or one CUDA graph
     rec.note(step=step.kind)
     # the reliability tests' fault points (REPRO_FAULT): looked up once, nothing per step in normal use
-    faults = ("raise", "kill", "term", "stop", "term_launcher", "kill_launcher") \
+    faults = ("raise", "kill", "term", "stop", "term_launcher", "kill_launcher", "int", "int2") \
         if os.environ.get("REPRO_FAULT") else ()
     t.net.train()
     while state.step < o.total_steps:
@@ -147,9 +148,12 @@ def run(cfg: DictConfig) -> str:
     rank, world, device = distributed(cfg.device, cfg.dist_timeout_s)
     r = Run(cfg, rank, world, device)
     try:
-        if not r.open():
-            return "done"
-        r.start()
+        try:
+            if not r.open():
+                return "done"
+            r.start()
+        except OSError as e:  # a folder that cannot be written, a full disk: before any step was trained
+            raise storage_error(e) or e
         with SignalFlag() as flag:
             try:
                 status = to_end(train(cfg, r.t, r.src, r.state, r.rec, flag))
@@ -158,6 +162,10 @@ def run(cfg: DictConfig) -> str:
                 if failure is e:
                     raise
                 raise failure from (None if isinstance(failure, ConfigError) else e)
+            if status == "preempted" and flag.signum == signal.SIGINT and is_multirun():
+                mark_interrupted()  # Ctrl-C in a sweep: this run stopped at its step; no further run starts
+                r.end(status)
+                return "interrupted"
             if status == "preempted":
                 flag.pass_on(flag.signum)
         r.end(status)
@@ -171,14 +179,16 @@ def main(cfg: DictConfig) -> str:
     """One run. Bad input ends it with one clear line (exit 2); in a multirun, a failing run is recorded
     and the sweep goes on with the next one (repro.sweep.SweepSummary then exits 1)."""
     multirun = is_multirun()
+    if multirun and sweep_interrupted():
+        return "not started"  # Ctrl-C stopped the sweep (repro.sweep.SweepInterrupt)
     try:
         return run(cfg)
-    except (*USER_ERRORS, PeerLost) as e:  # one line: bad input exits 2, a lost data-parallel peer 1
+    except (*USER_ERRORS, PeerLost) as e:  # one line: bad input exits 2, a lost peer or a full disk 1
         print(f"error: {e}", file=sys.stderr, flush=True)
         if not multirun:
-            sys.exit(1 if isinstance(e, PeerLost) else 2)
+            sys.exit(exit_code(e))
         mark_failed(str(e))
-        return "failed" if isinstance(e, PeerLost) else "error"
+        return "failed" if exit_code(e) == 1 else "error"
     except Exception as e:
         if not multirun:
             raise
@@ -191,6 +201,7 @@ def main(cfg: DictConfig) -> str:
             dist.destroy_process_group()
 
 
+@command  # Ctrl-C outside a run's loop (Hydra composing, a parallel sweep's launcher waiting): one line
 def cli() -> None:
     """`repro-train` / `python -m repro.train`: Hydra's command line, an unknown experiment or net one line."""
     if (bad := check_choices(sys.argv[1:], config_dir())) is not None:

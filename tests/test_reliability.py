@@ -27,11 +27,17 @@ def train_cmd(results, cifar, *extra):
     return [python(), "-m", "repro.train", *BASE, f"results_dir={results}", f"data.root={cifar}", *extra]
 
 
+def sigint_default() -> None:
+    """In the child: Ctrl-C as at a terminal, even when pytest itself was started with SIGINT ignored
+    (a background job), which children inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launch(results, cifar, *extra, fault=None, wait=True):
     env = {**os.environ, **({"REPRO_FAULT": fault} if fault else {})}
     env.pop("REPRO_FAULT", None) if not fault else None
     p = subprocess.Popen(train_cmd(results, cifar, *extra), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     if wait:
         out, err = p.communicate(timeout=300)
         p.stdout_text, p.stderr_text = out, err
@@ -60,7 +66,7 @@ def test_kill_at_a_chosen_point_then_resume_gives_the_identical_csv(tmp_path, ge
         assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["state"]["step"] == 10
     if fault == "checkpoint:30":  # killed inside the checkpoint write: the previous one is intact
         assert list(run_dir.glob(".checkpoint.pt.*.tmp"))
-        model = build_model("cifar10", 20, "A")
+        model = build_model("cifar10", 20, "A", width=4)  # conftest.SMALL's net
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         assert load_checkpoint(run_dir / "checkpoint.pt", model, opt).step == 20
     p = launch(tmp_path, generated_cifar)
@@ -97,6 +103,121 @@ def test_sigterm_checkpoints_mid_interval_and_the_rerun_resumes_exactly(tmp_path
     assert len(ours) == 2  # and the training sums survived the mid-interval stop (same rows as uninterrupted):
     launch(tmp_path / "u", generated_cifar, "eval_every=20")
     pd.testing.assert_frame_equal(ours, metrics(tmp_path / "u"), check_exact=True)
+
+
+def checkpoint_step(run_dir) -> int:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["state"]["step"]
+
+
+def test_ctrl_c_stops_at_the_step_with_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, generated_cifar,
+                                                                                  reference):
+    """SIGINT mid-interval (step 15, after the first row): one line saying where it stopped, exit 130, no
+    traceback, status 'interrupted', a checkpoint at step 15 (not 10: nothing since the last row is lost)."""
+    p = launch(tmp_path, generated_cifar, fault="int:15")
+    assert p.returncode == 130 and "Traceback" not in p.stderr_text, p.stderr_text[-2000:]
+    run_dir = tmp_path / "r" / RUN
+    assert "[ResNet-20] Ctrl-C: stopped at step 15/40" in p.stdout_text and "rerun the same command" in p.stdout_text
+    meta = read_meta(run_dir)
+    assert meta["status"] == "interrupted" and meta["preempted_at_step"] == 15
+    assert checkpoint_step(run_dir) == 15 and metrics(tmp_path).step.max() == 10
+    p = launch(tmp_path, generated_cifar)
+    assert p.returncode == 0 and "resuming" in p.stdout_text, p.stderr_text[-1000:]
+    pd.testing.assert_frame_equal(metrics(tmp_path), reference, check_exact=True)
+    assert read_meta(run_dir)["status"] == "done"
+
+
+def test_ctrl_c_in_a_sweep_stops_it_after_the_interrupted_run_and_the_rerun_resumes_it(tmp_path, generated_cifar,
+                                                                                       reference):
+    cmd = [*train_cmd(tmp_path, generated_cifar, "model.shortcut=none,A", f"hydra.sweep.dir={tmp_path / 'hy'}")]
+    cmd.insert(3, "-m")
+    sweep = lambda **env: subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,  # noqa: E731
+                                         env={**{k: v for k, v in os.environ.items() if k != "REPRO_FAULT"}, **env},
+                                         preexec_fn=sigint_default)
+    out = sweep(REPRO_FAULT="int:15")
+    assert out.returncode == 130 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "[sweep] interrupted (Ctrl-C)" in out.stderr and "rerun the same command to resume the sweep" in out.stderr
+    assert read_meta(tmp_path / "r" / "cifar10-plain-20-s0")["status"] == "interrupted"
+    assert not (tmp_path / "r" / RUN).exists()  # the sweep's next run never started
+    out = sweep()
+    assert out.returncode == 0 and "resuming" in out.stdout, out.stderr[-2000:]
+    assert read_meta(tmp_path / "r" / "cifar10-plain-20-s0")["status"] == "done"
+    pd.testing.assert_frame_equal(metrics(tmp_path), reference, check_exact=True)
+
+
+def test_a_second_ctrl_c_exits_at_once_and_the_last_checkpoint_stands(tmp_path, generated_cifar, reference):
+    p = launch(tmp_path, generated_cifar, fault="int2:15")  # the second SIGINT while the first is handled
+    assert p.returncode == 130 and "Traceback" not in p.stderr_text, p.stderr_text[-2000:]
+    assert p.stderr_text.strip().splitlines() == ["second Ctrl-C: stopped at once; the last checkpoint stands: "
+                                                  "rerun the same command to resume from it"]
+    assert checkpoint_step(tmp_path / "r" / RUN) == 10
+    assert launch(tmp_path, generated_cifar).returncode == 0
+    pd.testing.assert_frame_equal(metrics(tmp_path), reference, check_exact=True)
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes_exactly(tmp_path, generated_cifar,
+                                                                               reference):
+    """ENOSPC while the checkpoint of step 30 is written (injected where a full disk fails it: the temp file
+    written, before the rename): one line naming the file, the cause and the fix, exit 1, the run marked failed,
+    the checkpoint of step 20 whole and no temp file left; with room again the rerun gives the uninterrupted CSV."""
+    p = launch(tmp_path, generated_cifar, fault="enospc:30")
+    run_dir = tmp_path / "r" / RUN
+    assert p.returncode == 1, p.stderr_text[-2000:]
+    (line,) = p.stderr_text.strip().splitlines()
+    assert line.startswith(f"error: cannot write {run_dir / 'checkpoint.pt'}: no space left on the device (ENOSPC); "
+                           f"free some space") and "its checkpoint at step 20 kept" in line, line
+    meta = read_meta(run_dir)
+    assert meta["status"] == "failed" and "ENOSPC" in meta["error"]
+    assert checkpoint_step(run_dir) == 20 and not list(run_dir.glob(".*.tmp"))
+    assert list(metrics(tmp_path).step) == [10, 20, 30]  # rows are written before their checkpoint
+    p = launch(tmp_path, generated_cifar)
+    assert p.returncode == 0 and "resuming" in p.stdout_text, p.stderr_text[-1000:]
+    pd.testing.assert_frame_equal(metrics(tmp_path), reference, check_exact=True)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real folder that cannot be written: a read-only tmpfs where this process may mount one (root, as in
+    CI), else a folder without write permission (which root would ignore)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder, "permission denied (EACCES)"
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("root without the right to mount a read-only tmpfs here")
+    try:
+        yield folder, "read-only file system (EROFS)"
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_results_folder_is_one_line_exit_2_and_nothing_written(generated_cifar, read_only_folder):
+    folder, cause = read_only_folder
+    p = launch(folder / "results", generated_cifar)
+    assert p.returncode == 2, p.stderr_text[-2000:]
+    (line,) = p.stderr_text.strip().splitlines()
+    assert line.startswith(f"error: cannot write {folder / 'results'}") and cause in line and "results_dir=" in line
+    assert not any(folder.iterdir())
+    from repro.cli import main as plots
+
+    with pytest.raises(SystemExit) as end:  # a figure of the committed runs drawn into it: one line, exit 2
+        plots(["fig1", "--results", str(ROOT / "results" / "fig6_short"), "--out", str(folder / "plots")])
+    assert end.value.code == 2 and not any(folder.iterdir())
+
+
+def test_commands_end_on_ctrl_c_with_one_line_and_exit_130(capsys):
+    from repro.errors import command
+
+    @command
+    def busy() -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as end:
+        busy()
+    assert end.value.code == 130 and capsys.readouterr().err.startswith("interrupted (Ctrl-C)")
 
 
 def test_a_finished_run_is_skipped_without_touching_the_data(tmp_path, generated_cifar):
