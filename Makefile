@@ -13,7 +13,7 @@ IMAGENET ?=
 JOBS ?= 2
 THREADS ?= $(shell echo $$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )))
 # LAUNCHER: how a sweep's runs share the machine. pack (on CUDA): several runs in one process, each its own
-# CUDA graph on its own stream (repro/pack.py); parallel (CPU): JOBS processes of THREADS threads each
+# CUDA graph on its own stream (repro/train/pack.py); parallel (CPU): JOBS processes of THREADS threads each
 LAUNCHER ?= $(shell $(PY) -c "import torch; print('pack' if torch.cuda.is_available() else 'parallel')" 2>/dev/null)
 LAUNCH = $(if $(filter pack,$(LAUNCHER)),hydra/launcher=pack,hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS))
 STAMP := $(VENV)/.installed
@@ -51,21 +51,22 @@ lock:  ## regenerate uv.lock from pyproject.toml (its [tool.uv] date and torch p
 	$(UV) export --frozen --quiet --no-emit-project $(addprefix --extra ,$(EXTRAS)) -o requirements.lock
 
 # TEST_WORKERS: pytest-xdist processes (auto = one per core). Every quick test must finish within its budget
-# (tests/budget.py), so a new slow test is marked @pytest.mark.slow and runs in make test-all (CI) instead
+# (tests/budget.py; enforced in CI), so a new slow test is marked @pytest.mark.slow and runs in make test-all
+# (CI) instead. The slow tests run after the quick ones, so that they never share the cores with a timed test
 TEST_WORKERS ?= auto
 PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -q
 
 test: install  ## the quick test suite (CPU, about 4 minutes on 2 cores; not the tests marked slow)
 	$(PYTEST) -m "not slow" --durations=15
 
-test-all: install  ## every test, the slow ones too (what CI runs: .ci/run)
-	$(PYTEST) --durations=30
+test-all: test  ## every test: the quick suite, then the slow tests (what CI runs: .ci/run)
+	$(PYTEST) -m slow --durations=15
 
 demo: install  ## the degradation problem on CPU in minutes: CIFAR-10 if found at $(CIFAR10), else the embedded task
 	$(PY) -m repro.demo --cifar10 $(CIFAR10)
 
 data: install  ## download CIFAR-10 (md5-checked) into $(CIFAR10)
-	$(PY) -c "from repro.data import load_cifar10; load_cifar10('$(CIFAR10)', download=True); print('CIFAR-10 ready in $(CIFAR10)')"
+	$(PY) -c "from repro.data.cifar import load_cifar10; load_cifar10('$(CIFAR10)', download=True); print('CIFAR-10 ready in $(CIFAR10)')"
 
 cifar: install  ## the full CIFAR-10 sweeps of Fig. 6 and Table 6 (paper protocol: a GPU job; packed on CUDA)
 	for e in fig6_plain fig6_resnet table6; do \
@@ -79,7 +80,7 @@ bench: install  ## throughput of our pipeline vs the standard one on this device
 	$(PY) -m repro.bench --cifar10 $(CIFAR10) $(if $(IMAGENET),--imagenet $(IMAGENET),)
 
 bench-gpu: install  ## one GPU: eager vs CUDA-graphed vs packed steps, Fig. 6 / CIFAR projections -> plots/bench_<gpu>.json
-	$(PY) -m repro.bench_gpu
+	$(PY) -m repro.bench.gpu
 
 gpu-check: install  ## the prepared GPU session: tests/test_cuda.py, bench-gpu (FULL=1: then 64k ResNet-20/56)
 	OUT=$${OUT:-plots/gpu-check} PY=$(PY) bash .ci/gpu-check

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from .data import DataError, download_cifar10, find_cifar_dir
-from .errors import INTERRUPTED, command
+from repro.data.cifar import download_cifar10, find_cifar_dir
+from repro.errors import INTERRUPTED, DataError, command
 
 
 def choose_data(root: Path, embedded: bool = False) -> tuple[list[str], str, str]:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         print("[demo] training failed; see the messages above", file=sys.stderr)
         return 1
-    from .report import write_report
+    from repro.plots.report import write_report
 
     runs, out = args.results / f"demo-{name}", args.plots / f"demo-{name}"
     write_report(args.results, out, [runs], demo=True)

@@ -1,5 +1,6 @@
-"""What ends a command with one line instead of a traceback: a write the disk or its permissions refused
-(StorageError), and Ctrl-C (exit 130, as shells report a SIGINT). Torch-free: every command uses it.
+"""Every error a user can act on, in one place, each ending a command with one line (the message names the
+value or path and the fix) instead of a traceback: bad config, data or results (exit 2), a full disk or a lost
+data-parallel peer (exit 1), Ctrl-C (exit 130, as shells report a SIGINT). Torch-free: every command uses it.
 
 A full disk or quota is a fault met during the work (exit 1: free space, rerun the same command, which
 resumes); a read-only or forbidden folder is bad input (exit 2: point results_dir= or --out elsewhere).
@@ -25,6 +26,24 @@ STORAGE_ERRNOS = {
 }
 
 
+class ConfigError(Exception):
+    """A config value that cannot work (a `fast.*` switch included); the message names it and the fix."""
+
+
+class DataError(Exception):
+    """Missing, corrupt or malformed data: the message names the path and how to fix it."""
+
+
+class ResultsError(Exception):
+    """Malformed results or a run folder that cannot be used as asked; the message says what to do."""
+
+
+class PeerLost(Exception):
+    """A data-parallel run lost a peer (a rank killed, a collective past dist_timeout_s): one line, exit 1."""
+
+    exit_code = 1
+
+
 class StorageError(Exception):
     """A write refused by the disk or its permissions: the message names the path, the cause and the fix;
     `exit_code` is 1 for a full disk (a fault) and 2 for a folder that cannot be written (bad input)."""
@@ -32,6 +51,9 @@ class StorageError(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+USER_ERRORS = (ConfigError, DataError, ResultsError, StorageError)  # one line each, not a traceback
 
 
 def storage_error(e: BaseException, then: str = "") -> StorageError | None:

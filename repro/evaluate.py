@@ -3,7 +3,7 @@
 Loads the run's `config.yaml`, `meta.json` and `model.pt`, rebuilds the net with the speed switches the run
 recorded (bf16 autocast, channels_last: they decide the evaluation's arithmetic), and recomputes on a chosen
 device (a) the final test error and loss, as the loop evaluated them, and (b) Fig. 7's responses and their
-explanation columns (repro.analysis, fp32). Then it compares them with the last row of `metrics.csv` and with
+explanation columns (repro.train.analysis, fp32). Then it compares them with the last row of `metrics.csv` and with
 `responses.csv` and says whether they agree: on the device the run trained on, the test error must be the
 logged one exactly; on another device, to a borderline image or two. Exit 0 when they agree, 1 when not, 2 on
 bad input (a missing folder, model or data).
@@ -21,14 +21,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .analysis import COLUMNS, format_rows, response_stats
-from .data import DataError
-from .errors import command
-from .fast import Fast
-from .models import build_model
-from .results import ResultsError, read_meta, read_metrics
-from .runtime import ConfigError, configure_backends, resolve_device
-from .sources import load_source
+from repro.data.sources import load_source
+from repro.errors import ConfigError, DataError, ResultsError, command
+from repro.models import build_model
+from repro.results import CONFIG, METRICS, MODEL, RESPONSES, read_meta, read_metrics
+from repro.train.analysis import COLUMNS, format_rows, response_stats
+from repro.train.fast import Fast
+from repro.train.runtime import configure_backends, resolve_device
 
 
 def recorded_fast(meta: dict) -> Fast:
@@ -63,11 +62,11 @@ def summary(rows: list[dict], model) -> dict:
 def reevaluate(run_dir: Path, device_name: str = "auto", data_root: str | None = None) -> dict:
     """What the run's model.pt gives now against what the run logged (module docstring)."""
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "metrics.csv", "model.pt"):
+    for name in (CONFIG, METRICS, MODEL):
         if not (run_dir / name).exists():
-            hint = " (the run saved no weights: save_model=false, or it is not finished)" if name == "model.pt" else ""
+            hint = " (the run saved no weights: save_model=false, or it is not finished)" if name == MODEL else ""
             raise ResultsError(f"{run_dir / name} not found{hint}; re-evaluation needs a finished run folder")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = OmegaConf.load(run_dir / CONFIG)
     meta = read_meta(run_dir)
     if data_root is not None:
         cfg.data.root = data_root
@@ -81,12 +80,12 @@ def reevaluate(run_dir: Path, device_name: str = "auto", data_root: str | None =
     model = build_model(cfg.model.family, cfg.model.depth, cfg.model.shortcut, width=cfg.model.width,
                         num_classes=src.num_classes if cfg.model.family == "imagenet" else None)
     try:
-        model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(run_dir / MODEL, map_location="cpu", weights_only=True))
     except Exception as e:
         raise ResultsError(f"cannot load {run_dir / 'model.pt'} ({type(e).__name__}: {e})") from None
     net = recorded_fast(meta).apply(model, device)
     loss_sum, errs, n = src.splits["test"](net).tolist()
-    last = read_metrics(run_dir / "metrics.csv").iloc[-1]
+    last = read_metrics(run_dir / METRICS).iloc[-1]
     exact = same_device(meta, device)
     out = {"run": str(run_dir), "device": str(device), "trained_on": meta.get("device"), "same_device": exact,
            "step": int(last.step), "test_err": errs / n, "logged_test_err": float(last.test_err),
@@ -98,8 +97,8 @@ def reevaluate(run_dir: Path, device_name: str = "auto", data_root: str | None =
         out["explain"] = summary(rows, model)
         now = format_rows(rows)
         out["responses"] = [dict(zip(COLUMNS, r)) for r in now]
-        if (run_dir / "responses.csv").exists():
-            with open(run_dir / "responses.csv") as f:
+        if (run_dir / RESPONSES).exists():
+            with open(run_dir / RESPONSES) as f:
                 logged = list(csv.reader(f))[1:]
             out["responses_agree"] = [r[:2] for r in logged] == [r[:2] for r in now]  # layer, std as written
     out["agrees"] = out["test_err_agrees"] and out.get("responses_agree", True)

@@ -5,7 +5,7 @@
     tensorboard --logdir runs
 
 Each run becomes <out>/<experiment>/<run> with the scalars logger=tensorboard writes live (err/train, err/test,
-loss/..., lr, epoch; repro.trackers.TensorBoard). An export replaces what an earlier export (or a live tracker) wrote
+loss/..., lr, epoch; repro.train.trackers.TensorBoard). An export replaces what an earlier export (or a live tracker) wrote
 there: the CSV is the record, the events a view of it.
 """
 from __future__ import annotations
@@ -15,10 +15,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from .errors import command
-from .results import ResultsError, find_runs, read_meta, read_metrics
-from .runtime import ConfigError
-from .trackers import TensorBoard, check
+from repro.errors import ConfigError, ResultsError, command
+from repro.results import METRICS, find_runs, read_meta, read_metrics
+from repro.train.trackers import TensorBoard, check
 
 
 def start_time(meta: dict) -> float:
@@ -31,7 +30,7 @@ def start_time(meta: dict) -> float:
 
 def export_run(run: Path, out: Path) -> tuple[Path, int]:
     """One run folder's rows into <out>/<experiment>/<run>; (that folder, rows written)."""
-    rows = read_metrics(run / "metrics.csv").to_dict("records")
+    rows = read_metrics(run / METRICS).to_dict("records")
     dest = out / run.parent.name / run.name
     for old in dest.glob("events.out.tfevents.*"):
         old.unlink()

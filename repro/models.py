@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 import torch.nn.functional as F
-
+from torch import nn
 
 SHORTCUTS = ("none", "A", "B", "C")
 IMAGENET_DEPTHS = {  # Table 1: block kind and blocks per stage (conv2_x .. conv5_x)

@@ -38,9 +38,9 @@ OPERATIONAL = frozenset({
     "data.decoder", "data.decode",
     "logger.name", "logger.dir", "logger.project", "logger.entity", "logger.mode",
 })
-# The version of repro.imagenet's random stream (which draws a sample position gets); like the seed it is not
-# part of the protocol, but a run is only ever continued on the stream it started on (repro.rundir.run_key).
-# 1: per-image torch global RNG inside torchvision's transforms (until 2026-12); 2: repro.imagenet.draw.
+# The version of repro.data.imagenet's random stream (which draws a sample position gets); like the seed it is not
+# part of the protocol, but a run is only ever continued on the stream it started on (repro.train.rundir.run_key).
+# 1: per-image torch global RNG inside torchvision's transforms (until 2026-12); 2: repro.data.imagenet.draw.
 IMAGEFOLDER_STREAM = 2
 # Keys added to the config over time, with the value older run folders were made with.
 ADDED_LATER = {"optim.splits": 1, "optim.schedule": "milestones", "data.val_size": 0, "data.train_size": 0,

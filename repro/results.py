@@ -1,4 +1,4 @@
-"""The results contract and its one reader (torch-free; writing a run folder is repro.rundir).
+"""The results contract and its one reader (torch-free; writing a run folder is repro.train.rundir).
 
 results/<exp>/<run-name>/
   metrics.csv   one row per evaluation (COLUMNS below), flushed and fsynced as written
@@ -16,8 +16,9 @@ from typing import Iterable
 import pandas as pd
 import yaml
 
-from .names import display_name
-from .protocol import description, deviations, identity, label, protocol_key
+from repro.errors import ResultsError
+from repro.names import display_name
+from repro.protocol import description, deviations, identity, label, protocol_key
 
 # What each column means (the README repeats this):
 #   step        optimiser steps done (iterations, §4.2's unit)
@@ -29,7 +30,11 @@ from .protocol import description, deviations, identity, label, protocol_key
 #   test_err    top-1 error (fraction) over the whole test set: the paper's bold curves
 #   wall_time   seconds of training so far (summed over resumes); the only column that varies run to run
 COLUMNS = ("step", "epoch", "lr", "train_loss", "train_err", "test_loss", "test_err", "wall_time")
-EXPLAIN_COLUMNS = ("gamma_abs_mean", "beta_std", "branch_over_shortcut")  # responses.csv beside std (repro.analysis)
+# A run folder's files, declared once for every reader and writer (the README's CSV contract): the three every
+# run has, what a finished run keeps besides (kept_files), and the training state (neither .pt is committed)
+METRICS, CONFIG, META = "metrics.csv", "config.yaml", "meta.json"
+RESPONSES, FINAL, MODEL, CHECKPOINT = "responses.csv", "final.json", "model.pt", "checkpoint.pt"
+EXPLAIN_COLUMNS = ("gamma_abs_mean", "beta_std", "branch_over_shortcut")  # responses.csv beside std (repro.train.analysis)
 VAL_COLUMNS = ("val_loss", "val_err")  # with data.val_size: the held-out tail of the training set
 # Joined onto every row: who the run is (path: its identity; exp and run are only names), its protocol
 # (repro.protocol: the readable label, a key for grouping, the number of deviations from the paper and the
@@ -40,8 +45,12 @@ INFO_COLUMNS = ("path", "exp", "run", "family", "depth", "shortcut", "seed", "da
 Net = tuple[int, str]  # (depth, shortcut)
 
 
-class ResultsError(Exception):
-    """Malformed results or a run folder that cannot be used as asked; the message says what to do."""
+def kept_files(config: dict) -> dict[str, bool]:
+    """Which of a finished run's results its config asks it to keep: the weights (save_model), Fig. 7's responses
+    (analyze_responses, CIFAR) and the multi-crop evaluation (final_crops)."""
+    return {MODEL: bool(config.get("save_model")),
+            RESPONSES: bool(config.get("analyze_responses") and config["model"]["family"] == "cifar10"),
+            FINAL: bool(config.get("final_crops"))}
 
 
 def columns_for(with_val: bool) -> tuple[str, ...]:
@@ -50,7 +59,7 @@ def columns_for(with_val: bool) -> tuple[str, ...]:
 
 def read_meta(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / "meta.json").read_text())
+        return json.loads((run_dir / META).read_text())
     except FileNotFoundError:
         return {}
     except json.JSONDecodeError as e:
@@ -94,14 +103,14 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise ResultsError(f"results folder {p} does not exist")
-        found = [p] if (p / "metrics.csv").exists() else sorted(m.parent for m in p.rglob("metrics.csv"))
+        found = [p] if (p / METRICS).exists() else sorted(m.parent for m in p.rglob(METRICS))
         runs += [r for r in found if ".old-" not in r.name and not r.name.startswith(".")]
     return runs
 
 
 def run_info(run: Path) -> dict:
     """The config and meta columns that identify a run (joined onto every row read from it)."""
-    cfg_path = run / "config.yaml"
+    cfg_path = run / CONFIG
     if not cfg_path.exists():
         raise ResultsError(f"{run} has results but no config.yaml: cannot tell which net it is")
     try:
@@ -136,7 +145,7 @@ def read_results(paths: Iterable[str | Path] | str | Path) -> pd.DataFrame:
         paths = [paths]
     frames = []
     for run in find_runs(paths):
-        df = read_metrics(run / "metrics.csv")
+        df = read_metrics(run / METRICS)
         info = run_info(run)
         info["finished"] = info["status"] == "done" and not df.empty and int(df.step.max()) == info["total_steps"]
         frames.append(df.assign(**info))
@@ -187,8 +196,8 @@ def read_responses(paths: Iterable[str | Path]) -> pd.DataFrame:
     branch_over_shortcut, empty in older files) joined with its run's config columns."""
     frames, columns = [], ["layer", "std", *EXPLAIN_COLUMNS]
     for run in find_runs(paths):
-        if (run / "responses.csv").exists():
-            df = pd.read_csv(run / "responses.csv")
+        if (run / RESPONSES).exists():
+            df = pd.read_csv(run / RESPONSES)
             if list(df.columns[:2]) != ["layer", "std"]:
                 raise ResultsError(f"{run / 'responses.csv'} must start with the columns layer,std; "
                                    f"got {list(df.columns)}")
@@ -199,6 +208,6 @@ def read_responses(paths: Iterable[str | Path]) -> pd.DataFrame:
 def read_finals(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Every run's final.json (the final model's multi-crop evaluation: top1_err, top5_err, crops), by path."""
     cols = ["path", "top1_err", "top5_err", "crops"]
-    rows = [{**json.loads((run / "final.json").read_text()), "path": str(run)}
-            for run in find_runs(paths) if (run / "final.json").exists()]
+    rows = [{**json.loads((run / FINAL).read_text()), "path": str(run)}
+            for run in find_runs(paths) if (run / FINAL).exists()]
     return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)

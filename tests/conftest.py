@@ -43,7 +43,7 @@ def generated_cifar(tmp_path_factory) -> Path:
     """The embedded synthetic task (2,000 / 500 images) written in the exact cifar-10-batches-py format and
     read through the real reader: for tests whose point is the machinery (faults, resume, sweeps), which
     start many processes, each reading its data in milliseconds."""
-    from repro.data import make_synthetic, write_cifar_format
+    from repro.data.cifar import make_synthetic, write_cifar_format
 
     root = tmp_path_factory.mktemp("generated-cifar10")
     write_cifar_format(root, *make_synthetic(n_train=2000, n_test=500))
@@ -58,7 +58,7 @@ def cifar_root(generated_cifar) -> Path:
 
 def write_cifar_folder(root: Path, n_train: int = 250, n_test: int = 20, seed: int = 0) -> Path:
     """A tiny CIFAR-10 of random pixels in the exact cifar-10-batches-py format (protocol-2 pickles)."""
-    from repro.data import write_cifar_format
+    from repro.data.cifar import write_cifar_format
 
     rng = np.random.default_rng(seed)
     arrays = (rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n_train),
@@ -74,7 +74,8 @@ def tiny_cifar(tmp_path) -> Path:
 
 def compose(overrides: list[str]):
     """The real config tree, composed with `overrides` (as `python -m repro.train` would)."""
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(str(ROOT / "experiments"), version_base="1.3"):
         return hcompose("config", overrides=overrides, return_hydra_config=False)

@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 import torch
-
-from repro.bench import FIG6_IMAGES, parse_nets, project_fig6
 from conftest import IMAGENETTE, ROOT, python, write_cifar_folder
+
+from repro.bench.common import FIG6_IMAGES, parse_nets, project_fig6
 
 
 def test_parse_nets():
@@ -45,7 +45,7 @@ def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
 
 
 def test_gpu_bench_projections_follow_from_the_measured_rates():
-    from repro.bench_gpu import BATCH, EVALS, FIG6_NETS, STEPS_64K, project
+    from repro.bench.gpu import BATCH, EVALS, FIG6_NETS, STEPS_64K, project
 
     c = 1e-5  # seconds per image per layer
     graphed = {(d, s): 1 / (c * d) for s in ("none", "A") for d in (20, 56)}
@@ -66,7 +66,7 @@ def test_gpu_bench_projections_follow_from_the_measured_rates():
 
 
 def test_gpu_bench_runs_on_the_cpu_eager_and_packed_and_writes_its_json(tmp_path):
-    from repro.bench_gpu import main
+    from repro.bench.gpu import main
 
     data = write_cifar_folder(tmp_path / "c", n_train=512, n_test=16)
     out = tmp_path / "bench_gpu.json"
@@ -83,7 +83,7 @@ def test_gpu_bench_runs_on_the_cpu_eager_and_packed_and_writes_its_json(tmp_path
 def test_the_loader_bench_times_each_pipeline_on_each_image_set(tmp_path):
     from PIL import Image, JpegImagePlugin
 
-    from repro.bench_loader import loader_rows, write_imagenet_sized
+    from repro.bench.loader import loader_rows, write_imagenet_sized
 
     files = write_imagenet_sized(tmp_path / "g", 3)
     with Image.open(files[0][0]) as im:  # ImageNet's size and JPEG settings, not Imagenette's 224x224

@@ -7,9 +7,9 @@ says where they last ran. Kill points are decided on progress (the fault hooks),
 import pandas as pd
 import pytest
 import torch
+from conftest import compose, train_process
 
 from repro.results import read_meta
-from conftest import compose, train_process
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -44,8 +44,8 @@ def test_a_cuda_run_uses_the_fast_path_and_logs_finite_falling_curves(determinis
 
 
 def test_the_logged_test_error_is_the_saved_models(deterministic_run, generated_cifar):
+    from repro.data.sources import load_source
     from repro.models import build_model
-    from repro.sources import load_source
 
     device = torch.device("cuda")
     model = build_model("cifar10", 20, "A").to(device)
@@ -85,7 +85,7 @@ def test_a_run_under_torchrun_trains_on_its_local_rank_gpu(tmp_path, generated_c
     assert meta["status"] == "done" and meta["processes"] == 1
 
 
-# The whole step as one CUDA graph (fast.graph, repro/graph.py) and several runs on one GPU (repro/pack.py):
+# The whole step as one CUDA graph (fast.graph, repro/train/step.py) and several runs on one GPU (repro/train/pack.py):
 # with deterministic=true a graphed run's CSV is the eager run's, bit for bit.
 
 def test_a_graphed_run_gives_the_eager_runs_csv_across_the_lr_drops(tmp_path, generated_cifar, deterministic_run):

@@ -11,10 +11,10 @@ import threading
 import numpy as np
 import pytest
 import torch
-
-from repro.data import (BatchStream, DataError, ImageData, augment, load_cifar10, load_image_data, make_synthetic,
-                        read_batch)
 from conftest import compose, write_cifar_folder
+
+from repro.data.cifar import BatchStream, ImageData, augment, load_cifar10, load_image_data, make_synthetic, read_batch
+from repro.errors import DataError
 
 
 def test_safe_reader_reads_the_real_copy(real_cifar_root):
@@ -181,7 +181,7 @@ def test_every_sample_is_seen_once_per_epoch():
 
 def _batch_drawn_per_step(s: BatchStream, step: int):
     """The batch of `step` as the stream drew it before the draw window: one generator, one upload, per step."""
-    from repro.data import PAD, _step_generator
+    from repro.data.cifar import PAD, _step_generator
 
     g = _step_generator(s.seed, step)
     offsets = torch.randint(0, 2 * PAD + 1, (2, s.batch_size), generator=g)[:, s.mine]

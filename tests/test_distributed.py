@@ -5,10 +5,10 @@ import random
 
 import pandas as pd
 import pytest
+from conftest import train_process
 
 from repro.results import read_meta
-from repro.train import AGREE_EVERY
-from conftest import train_process
+from repro.train.loop import AGREE_EVERY
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +45,10 @@ def test_evaluations_measure_the_model_rank_0_saves(ddp_run, generated_cifar):
     """Each rank evaluates half of the test set; with rank 0's BN statistics on both, the logged test error
     is the saved model's (with its own, rank 1 would measure a slightly different model)."""
     import torch
-
-    from repro.models import build_model
-    from repro.sources import load_source
     from conftest import compose
+
+    from repro.data.sources import load_source
+    from repro.models import build_model
 
     model = build_model("cifar10", 20, "A")
     model.load_state_dict(torch.load(ddp_run / "r" / RUN / "model.pt", weights_only=True))

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from repro.analysis import COLUMNS, response_stats
-from repro.models import build_model
-from repro.train import run
 from conftest import ROOT, SMALL, compose, python
+
+from repro.models import build_model
+from repro.train.analysis import COLUMNS, response_stats
+from repro.train.loop import run
 
 
 def pop_std(v: torch.Tensor) -> float:
@@ -95,7 +95,7 @@ def test_re_evaluation_says_when_the_model_is_not_the_one_that_was_logged(finish
 
 
 def test_fig7_draws_the_measure_asked_for_and_its_caption_says_which(tmp_path):
-    from repro.plots import fig7
+    from repro.plots.figures import fig7
 
     rows = [{"depth": d, "shortcut": sc, "layer": i + 1, "std": 1.0 + i, "gamma_abs_mean": 0.7,
              "beta_std": 0.1, "branch_over_shortcut": (0.5 if i % 2 else np.nan) if sc == "A" else np.nan}

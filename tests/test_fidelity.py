@@ -1,4 +1,4 @@
-"""The fast path must not change the experiment (repro/fast.py).
+"""The fast path must not change the experiment (repro/train/fast.py).
 
 1. One step from the same weights on the same batch through channels_last + fused SGD and through the
    plain NCHW for-loop path: loss and updated weights agree to float precision.
@@ -14,13 +14,14 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import compose, tiny_run_overrides
 
-from repro.fast import Fast, FastConfigError, native_bf16, resolve_fast
+from repro.errors import ConfigError
 from repro.models import build_model
 from repro.results import curve_gaps
-from repro.graph import train_step
-from repro.train import run
-from conftest import compose, tiny_run_overrides
+from repro.train.fast import Fast, native_bf16, resolve_fast
+from repro.train.loop import run
+from repro.train.step import train_step
 
 # bf16 moves these short curves about as much as a seed does (docs/performance.md has the measured
 # distances), so the bound is one seed-to-seed distance with room for how much that distance itself varies
@@ -82,24 +83,25 @@ def _cpu_flags() -> set[str]:
 
 def test_auto_turns_on_what_the_device_supports():
     cpu = torch.device("cpu")
-    fast = resolve_fast(compose([]).fast, cpu)
+    fast = resolve_fast(cpu, **compose([]).fast)
     assert fast.channels_last and fast.fused_sgd and fast.compile is None
     flags = _cpu_flags()
     if flags:  # decided from the CPU's own flags (Linux), not from the function under test
         assert native_bf16(cpu) == bool(flags & {"avx512_bf16", "amx_bf16"}), sorted(flags & {"avx512_bf16", "amx_bf16"})
     assert fast.bf16 == native_bf16(cpu)
     assert fast.cpu_allocator == sys.platform.startswith("linux")
-    forced = resolve_fast(compose(["fast.bf16=false", "fast.compile=reduce-overhead"]).fast, cpu)
+    forced = resolve_fast(cpu, **compose(["fast.bf16=false", "fast.compile=reduce-overhead"]).fast)
     assert not forced.bf16 and forced.compile == "reduce-overhead"
-    assert resolve_fast(compose(["fast.compile=true"]).fast, cpu).compile == "default"
-    with pytest.raises(FastConfigError, match="fast.channels_last='yes'"):
-        resolve_fast(compose(["fast.channels_last=yes"]).fast, cpu)
+    assert resolve_fast(cpu, **compose(["fast.compile=true"]).fast).compile == "default"
+    with pytest.raises(ConfigError, match="fast.channels_last='yes'"):
+        resolve_fast(cpu, **compose(["fast.channels_last=yes"]).fast)
 
 
 PAGE_FAULT_PROBE = """
 import resource, statistics, sys
 import torch
-from repro.fast import tune_cpu_allocator
+from repro.train.fast import tune_cpu_allocator
+from repro.errors import ConfigError
 from repro.models import build_model
 
 if sys.argv[1] == "tuned":

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import IMAGENETTE, ROOT, python
 from PIL import Image
 
-from repro.data import DataError
-from repro.imagenet import CROP, StreamDataset, draw, eval_view, evaluate_crops, load_imagefolder, tail, train_view
+from repro.data.imagenet import CROP, StreamDataset, draw, eval_view, evaluate_crops, load_imagefolder, tail, train_view
+from repro.errors import DataError
 from repro.models import SHORTCUTS, build_model, count_macs, count_params
-from conftest import IMAGENETTE, ROOT, python
 
 TABLE1_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
 

@@ -1,4 +1,4 @@
-"""The ImageNet loader (repro.imagenet): draws that depend on the stream position alone, uint8 hand-off with
+"""The ImageNet loader (repro.data.imagenet): draws that depend on the stream position alone, uint8 hand-off with
 the float tail on the device equal to the old per-image float pipeline, the decoders within a grey level of
 it, GPU-decode batching (run here on the CPU), odd files, resume, and old runs refused on the new stream."""
 import io
@@ -10,16 +10,25 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import IMAGENETTE, ROOT, compose, python
 from PIL import Image
 
-from repro.bench_loader import reference_view, write_imagenet_sized
-from repro.data import DataError
-from repro.imagenet import (StreamDataset, decode_batch_on_device, draw, folder_samples,
-                            gpu_decodable, read_bytes, resolve_decoder, resolve_workers, tail, train_loader,
-                            load_imagefolder)
-from repro.results import ResultsError
-from repro.rundir import prepare_run_dir
-from conftest import IMAGENETTE, ROOT, compose, python
+from repro.bench.loader import reference_view, write_imagenet_sized
+from repro.data.imagenet import (
+    StreamDataset,
+    decode_batch_on_device,
+    draw,
+    folder_samples,
+    gpu_decodable,
+    load_imagefolder,
+    read_bytes,
+    resolve_decoder,
+    resolve_workers,
+    tail,
+    train_loader,
+)
+from repro.errors import DataError, ResultsError
+from repro.train.rundir import prepare_run_dir
 
 CPU = torch.device("cpu")
 
@@ -222,8 +231,9 @@ def test_the_decoder_moves_a_short_imagenette_schedule_less_than_a_seed_does(tmp
     control, the lr divided by 100, is. Measured 2026-12-01: seed 0.102, tensor decoder 0.069, control 0.277.
     (At 120 iterations nothing has been learnt yet and every run is within noise of every other: two seeds
     0.23 apart, plain-18 0.13, lr/100 0.19.)"""
-    from repro.results import curve_gaps
     from test_fidelity import SEED_FACTOR
+
+    from repro.results import curve_gaps
 
     if not (IMAGENETTE / "train").exists():
         pytest.skip("../shared/data/imagenette not present")

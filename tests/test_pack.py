@@ -1,4 +1,4 @@
-"""Several runs in one process (hydra/launcher=pack, repro.pack): each run gives the CSV it gives alone, a
+"""Several runs in one process (hydra/launcher=pack, repro.train.pack): each run gives the CSV it gives alone, a
 kill -9 of the group and a rerun give every run its uninterrupted CSV, a finished run is skipped, and a run
 that diverges or fails is marked while the others go on."""
 import os
@@ -7,10 +7,10 @@ import subprocess
 
 import pandas as pd
 import pytest
+from conftest import ROOT, SMALL, compose, python
 
 from repro.results import read_meta
-from repro.train import run
-from conftest import ROOT, SMALL, compose, python
+from repro.train.loop import run
 
 # exp=smoke's sizes without its sweep grid (the nets are swept here)
 BASE = ["exp_name=p", "data.train_size=1000", *SMALL, "optim.batch_size=32",
@@ -64,7 +64,7 @@ def test_a_killed_group_resumes_every_run_exactly_and_skips_the_finished_one(tmp
 
 
 def test_a_run_that_diverges_or_fails_in_a_group_is_marked_and_the_others_go_on(tmp_path, generated_cifar, alone):
-    from repro.pack import Job, train_pack
+    from repro.train.pack import Job, train_pack
 
     common = [*BASE, f"results_dir={tmp_path}", f"data.root={generated_cifar}"]
     jobs = [Job(compose([*common, "+net=resnet-20", "exp_name=diverges", "optim.lr=1e12", "optim.milestones=[0.99]"])),

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT
 
 
@@ -52,7 +51,7 @@ def installed(tmp_path_factory):
     assert inst.returncode == 0, inst.stderr
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "REPRO_FAULT")}
-    where = subprocess.run([str(py), "-c", "import repro, repro.runtime as r; print(repro.__file__, r.config_dir())"],
+    where = subprocess.run([str(py), "-c", "import repro, repro.train.config as c; print(repro.__file__, c.config_dir())"],
                            cwd=work, capture_output=True, text=True, env=env, check=True).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where  # the installed copy, not the checkout
     return venv, work, env

@@ -5,14 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from repro import plots
-from repro.cli import main
-from repro.protocol import OFFICIAL_MD5
-from repro.report import write_report
-from repro.results import COLUMNS, ResultsError, curve_gaps, final_rows, read_results
-from repro.verdicts import verdicts
 from conftest import compose, tiny_run_overrides
+
+from repro.errors import ResultsError
+from repro.plots import figures, registry
+from repro.plots.__main__ import main
+from repro.plots.report import write_report
+from repro.plots.verdicts import verdicts
+from repro.protocol import OFFICIAL_MD5
+from repro.results import COLUMNS, curve_gaps, final_rows, read_results
 
 PAPER_CIFAR = {"data": {"name": "cifar10", "train_size": 0, "test_size": 0, "val_size": 0},
                "optim": {"total_steps": 64000, "batch_size": 128}}
@@ -68,20 +69,20 @@ def degraded(tmp_path):
 def test_every_cifar_artefact_renders_from_fixture_results(degraded, tmp_path):
     out = tmp_path / "plots"
     for name in ("fig1", "fig6", "fig7", "table6"):
-        art = plots.render(name, degraded, out)
+        art = registry.render(name, degraded, out)
         assert all(f.exists() and f.stat().st_size > 1000 for f in art.files if f.suffix in (".png", ".pdf"))
     assert {p.name for p in out.iterdir()} >= {"fig1.png", "fig1.pdf", "fig6.png", "fig6.pdf", "fig7.png",
                                                 "fig7.pdf", "table6.md", "table6.csv"}
 
 
 def test_missing_runs_are_reported_not_skipped(degraded, tmp_path):
-    art = plots.render("fig6", degraded, tmp_path / "plots")
+    art = registry.render("fig6", degraded, tmp_path / "plots")
     assert art.missing == ["ResNet-1202"]
     assert "Missing runs (not drawn): ResNet-1202" in art.caption
 
 
 def test_table6_values_are_the_hand_computed_means_and_stds(degraded, tmp_path):
-    art = plots.render("table6", degraded, tmp_path / "plots")
+    art = registry.render("table6", degraded, tmp_path / "plots")
     csv = pd.read_csv(tmp_path / "plots" / "table6.csv").set_index("net")
     row = csv.loc["ResNet-110"]  # table6 (3 seeds): 6.40, 6.60, 6.80; fig6_resnet's seed 0 (6.45) is the same
     # protocol, net and seed as table6's seed 0: one computation, counted once (the finished one found first)
@@ -100,13 +101,13 @@ def test_final_means_the_last_evaluation_not_the_best(tmp_path):
     df = pd.read_csv(run / "metrics.csv")
     df.loc[1, "test_err"] = 0.01  # a lucky middle evaluation must not be picked
     df.to_csv(run / "metrics.csv", index=False)
-    plots.render("table6", tmp_path / "r", tmp_path / "p")
+    registry.render("table6", tmp_path / "r", tmp_path / "p")
     assert pd.read_csv(tmp_path / "p" / "table6.csv").set_index("net").loc["ResNet-20", "mean"] == pytest.approx(10.0)
 
 
 def test_final_errors_name_the_device_beside_the_training_time(tmp_path):
     """A reference set may mix devices (ResNet-110 of fig6_short ran on a GPU): an hour means nothing without one."""
-    from repro.tables import final_errors
+    from repro.plots.tables import final_errors
 
     make_run(tmp_path / "r", "x", 20, "A")
     make_run(tmp_path / "r", "x", 110, "A", meta={"device": "NVIDIA H200"})
@@ -120,7 +121,7 @@ def _verdicts(df, floor=1.5):
 
 
 def test_verdicts_hold_on_degradation_and_fail_against_it(degraded, tmp_path):
-    df = plots.select(degraded, "fig6", None)
+    df = registry.select(degraded, "fig6", None)
     vs = _verdicts(df, floor=0.5)  # margins: plain 56 vs 20 +4.0 points, SE 0.71 -> holds
     assert {k: v.verdict for k, v in vs.items()} == {
         "plain_deeper_worse": "holds", "residual_beats_plain": "holds", "residual_deeper_no_worse": "holds",
@@ -133,7 +134,7 @@ def test_verdicts_hold_on_degradation_and_fail_against_it(degraded, tmp_path):
         make_run(flat, "fig6_plain", depth, "none", train_final=tr)
     for depth, tr in ((20, 0.04), (56, 0.08)):
         make_run(flat, "fig6_resnet", depth, "A", train_final=tr)
-    vs = _verdicts(plots.select(flat, "fig6", None), floor=0.5)
+    vs = _verdicts(registry.select(flat, "fig6", None), floor=0.5)
     assert [v.verdict for v in vs.values()] == ["does not hold"] * 4
 
 
@@ -155,16 +156,16 @@ def test_a_run_that_has_just_started_is_read_not_refused(degraded, tmp_path):
     (run / "metrics.csv").write_text(",".join(COLUMNS) + "\n")  # the header, no row yet
     df = read_results(degraded)
     assert run.name not in set(df.run) and len(df.path.unique()) == 12
-    assert plots.render("fig6", degraded, tmp_path / "p").missing == ["ResNet-1202"]
+    assert registry.render("fig6", degraded, tmp_path / "p").missing == ["ResNet-1202"]
 
 
 def test_runs_in_progress_are_drawn_and_marked(degraded, tmp_path):
     make_run(degraded, "fig6_1202", 1202, "A", status="running", steps=(100,), cfg={"optim": {"total_steps": 300}})
-    df = plots.select(degraded, "fig6", None)
-    assert plots.label(df, (1202, "A")) == "ResNet-1202 (in progress)"
-    art = plots.render("fig6", degraded, tmp_path / "p")
+    df = registry.select(degraded, "fig6", None)
+    assert figures.label(df, (1202, "A")) == "ResNet-1202 (in progress)"
+    art = registry.render("fig6", degraded, tmp_path / "p")
     assert art.missing == [] and "fig6_1202/cifar10-resnet-1202-s0 (running at step 100 of 300)" in art.caption
-    assert "ResNet-1202" not in set(pd.read_csv(plots.render("table6", degraded, tmp_path / "p").files[1]).net)
+    assert "ResNet-1202" not in set(pd.read_csv(registry.render("table6", degraded, tmp_path / "p").files[1]).net)
 
 
 def test_every_trap_of_a_real_results_tree(tmp_path):
@@ -195,7 +196,7 @@ def test_every_trap_of_a_real_results_tree(tmp_path):
     df = read_results([r / "table6", r / "fig6_plain", r / "elsewhere", r / "fig6_resnet"])
     assert df.path.nunique() == 13 and len(final_rows(df)) == 12  # every folder a run; the unfinished one not final
     assert sorted(set(df.protocol)) == ["8000 it", "copy 6722b453", "paper", "synthetic"]
-    plots.render("table6", r, tmp_path / "p", [r / "table6", r / "fig6_plain", r / "elsewhere", r / "fig6_resnet"])
+    registry.render("table6", r, tmp_path / "p", [r / "table6", r / "fig6_plain", r / "elsewhere", r / "fig6_resnet"])
     t6 = pd.read_csv(tmp_path / "p" / "table6.csv")
     rows = {(n, p): row for n, p, row in zip(t6.net, t6.protocol, t6.itertuples())}
     paper20 = rows[("ResNet-20", "paper")]
@@ -209,7 +210,7 @@ def test_every_trap_of_a_real_results_tree(tmp_path):
     assert rows[("plain-20", "paper")].mean == pytest.approx(10.0) and rows[("plain-20", "8000 it")].mean == pytest.approx(33.0)
 
     # Figures draw one protocol (the paper's here: fewest deviations) and say what they left out.
-    fig = plots.render("fig6", r, tmp_path / "p", [r / "table6", r / "fig6_plain", r / "elsewhere", r / "fig6_resnet"])
+    fig = registry.render("fig6", r, tmp_path / "p", [r / "table6", r / "fig6_plain", r / "elsewhere", r / "fig6_resnet"])
     assert fig.caption.count("Protocol: paper.") == 1 and "Left out (other protocols, never pooled)" in fig.caption
     assert "8000 it (2 runs)" in fig.caption and "synthetic (1 run)" in fig.caption
     assert "table6/cifar10-resnet-56-s1 (running at step 32000 of 64000)" in fig.caption
@@ -230,9 +231,9 @@ def test_every_trap_of_a_real_results_tree(tmp_path):
                  final={"top1_err": top1, "top5_err": 0.09, "crops": 10}, steps=(300000, 600000))
     make_run(r, "fig4_imagenette", 18, "none", family="imagenet", test_final=0.10, cfg={"data": {"name": "imagenette"}},
              final={"top1_err": 0.05, "top5_err": 0.01, "crops": 10})
-    t2 = plots.render("table2", r, tmp_path / "p")
+    t2 = registry.render("table2", r, tmp_path / "p")
     assert list(t2.table.net) == ["plain-18", "plain-34"] and list(t2.table["ours: top-1"]) == ["27.94", "28.54"]
-    t2n = pd.read_csv(plots.render("table2_imagenette", r, tmp_path / "p").files[1])
+    t2n = pd.read_csv(registry.render("table2_imagenette", r, tmp_path / "p").files[1])
     assert list(t2n.net) == ["plain-18"] and t2n.top1.iloc[0] == pytest.approx(5.0) and pd.isna(t2n.paper_top1.iloc[0])
 
 
@@ -245,11 +246,11 @@ def test_imagenet_artefacts_render_from_fixtures(tmp_path):
     make_run(r, "table3", 34, "B", family="imagenet", test_final=0.25,
              final={"top1_err": 0.2452, "top5_err": 0.0746, "crops": 10})
     out = tmp_path / "p"
-    assert plots.render("fig4", r, out).missing == []
-    t2 = plots.render("table2", r, out).table.set_index("net")
+    assert registry.render("fig4", r, out).missing == []
+    t2 = registry.render("table2", r, out).table.set_index("net")
     assert (t2.loc["plain-18", "ours: top-1"], t2.loc["plain-18", "eval"]) == ("27.94", "10-crop")
     assert (t2.loc["plain-34", "ours: top-1"], t2.loc["plain-34", "eval"]) == ("31.00", "centre crop")
-    t3 = plots.render("table3", r, out)
+    t3 = registry.render("table3", r, out)
     row = t3.table.set_index("net").loc["ResNet-34 B"]
     assert (row["ours: top-1"], row["ours: top-5"], row["paper: top-1"]) == ("24.52", "7.46", "24.52")
     assert "ResNet-152 B" in t3.missing
@@ -259,7 +260,7 @@ def test_malformed_csv_gives_a_clear_error_naming_the_file(degraded, tmp_path, c
     bad = degraded / "fig6_plain" / "cifar10-plain-20-s0" / "metrics.csv"
     bad.write_text("step,loss\n1,2\n")
     with pytest.raises(ResultsError, match=r"cifar10-plain-20-s0/metrics.csv does not have the metrics columns"):
-        plots.render("fig6", degraded, tmp_path / "p")
+        registry.render("fig6", degraded, tmp_path / "p")
     assert main(["fig6", "--root", str(degraded), "--out", str(tmp_path / "p")]) == 2
     assert "metrics.csv" in capsys.readouterr().err
 
@@ -296,14 +297,14 @@ def test_report_has_every_artefact_paper_values_scale_and_verdicts(degraded, tmp
 
 
 def test_figures_render_from_a_real_tiny_run(tmp_path, generated_cifar):
-    from repro.train import run
+    from repro.train.loop import run
 
     for sc in ("none", "A"):
         run(compose(tiny_run_overrides(tmp_path / "results", generated_cifar, f"model.shortcut={sc}", "exp_name=fig6_plain")))
     out = tmp_path / "plots"
-    art = plots.render("fig6", tmp_path / "results", out)
+    art = registry.render("fig6", tmp_path / "results", out)
     assert "plain-20" not in art.missing and "ResNet-20" not in art.missing
-    assert plots.render("fig7", tmp_path / "results", out).missing == ["plain-56", "ResNet-56", "ResNet-110"]
+    assert registry.render("fig7", tmp_path / "results", out).missing == ["plain-56", "ResNet-56", "ResNet-110"]
     write_report(tmp_path / "results", out, [tmp_path / "results" / "fig6_plain"], demo=True)
     md = (out / "report.md").read_text()
     assert "differs from the paper: " in md and "20 of 64000 iterations" in md
@@ -328,7 +329,7 @@ def test_data_parallel_processes_count_as_bn_chunks_in_the_protocol():
     """Two processes of a batch of 128 train as one process with optim.splits=2 (BN over 64 each): one
     protocol, labelled by its BN batch; the paper's single BN batch of 128 is another."""
     from repro.protocol import identity, label
-    from repro.rundir import run_diff
+    from repro.train.rundir import run_diff
 
     config = {"data": {"name": "synthetic"}, "model": {"family": "cifar10"}, "optim": {"batch_size": 128, "splits": 1}}
     split = {**config, "optim": {"batch_size": 128, "splits": 2}}

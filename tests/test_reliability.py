@@ -9,14 +9,14 @@ import subprocess
 import pandas as pd
 import pytest
 import torch
-
-from repro.results import read_meta
-from repro.rundir import prepare_run_dir, run_diff
-from repro.checkpoint import load_checkpoint
-from repro.runtime import ConfigError
-from repro.train import run
-from repro.models import build_model
 from conftest import ROOT, SMALL, compose, python, write_cifar_folder
+
+from repro.errors import ConfigError
+from repro.models import build_model
+from repro.results import read_meta
+from repro.train.checkpoint import load_checkpoint
+from repro.train.loop import run
+from repro.train.rundir import prepare_run_dir, run_diff
 
 RUN = "cifar10-resnet-20-s0"
 BASE = ["exp=smoke", *SMALL, "exp_name=r", "optim.total_steps=40", "eval_every=10", "save_model=false",
@@ -201,7 +201,7 @@ def test_a_read_only_results_folder_is_one_line_exit_2_and_nothing_written(gener
     (line,) = p.stderr_text.strip().splitlines()
     assert line.startswith(f"error: cannot write {folder / 'results'}") and cause in line and "results_dir=" in line
     assert not any(folder.iterdir())
-    from repro.cli import main as plots
+    from repro.plots.__main__ import main as plots
 
     with pytest.raises(SystemExit) as end:  # a figure of the committed runs drawn into it: one line, exit 2
         plots(["fig1", "--results", str(ROOT / "results" / "fig6_short"), "--out", str(folder / "plots")])
@@ -283,8 +283,8 @@ def test_divergence_is_a_result_not_a_crash(tmp_path, generated_cifar):
     assert read_meta(run_dir)["status"] == "diverged"
     rows = pd.read_csv(run_dir / "metrics.csv")
     assert len(rows) >= 1 and not rows.train_loss.iloc[-1] < float("inf")
+    from repro.plots.figures import label
     from repro.results import read_results
-    from repro.plots import label
 
     assert label(read_results(tmp_path / "r"), (20, "A")) == "ResNet-20 (diverged)"
 
@@ -338,7 +338,7 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, generated_c
 
 
 def test_cuda_out_of_memory_suggests_a_smaller_batch_and_leaves_no_folder(tmp_path, generated_cifar, monkeypatch):
-    import repro.train as t
+    import repro.train.loop as t
 
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -375,7 +375,7 @@ def test_a_resume_keeps_the_optimiser_switches_of_this_process_not_the_checkpoin
     """Checkpointed in channels_last with fused SGD, resumed contiguous with the loop over tensors: the
     momentum buffers take the parameters' layout (CUDA's fused SGD rejects mismatched strides) and the
     fused flag is this process's (load_state_dict would take the checkpoint's)."""
-    from repro.checkpoint import State, save_checkpoint
+    from repro.train.checkpoint import State, save_checkpoint
 
     torch.manual_seed(0)
     old = build_model("cifar10", 20, "A").to(memory_format=torch.channels_last)
@@ -400,7 +400,7 @@ def test_split_steps_under_ddp_all_reduce_once():
     step, not one per chunk)."""
     import contextlib
 
-    from repro.graph import train_step
+    from repro.train.step import train_step
 
     entered = []
 
@@ -419,8 +419,9 @@ def test_split_steps_under_ddp_all_reduce_once():
 def test_a_run_is_not_resumed_on_other_data_put_in_its_folder(tmp_path, monkeypatch):
     """The files under data.root replaced between a kill and the rerun: refused, naming both copies, and the
     run folder left as it was (no rows dropped)."""
-    from repro.results import ResultsError
     from conftest import tiny_run_overrides
+
+    from repro.errors import ResultsError
 
     data = tmp_path / "data"
     write_cifar_folder(data, n_train=1000, n_test=500)
@@ -439,8 +440,8 @@ def test_a_run_is_not_resumed_on_other_data_put_in_its_folder(tmp_path, monkeypa
 
 
 def test_a_finished_run_counts_as_the_same_data_by_its_md5s_not_its_folder(tmp_path):
-    from repro.data import cifar_fingerprint
-    from repro.lifecycle import same_data
+    from repro.data.cifar import cifar_fingerprint
+    from repro.train.run import same_data
 
     data = tmp_path / "d"
     write_cifar_folder(data)
@@ -454,7 +455,7 @@ def test_a_finished_run_counts_as_the_same_data_by_its_md5s_not_its_folder(tmp_p
 def test_a_run_folder_has_one_owner_and_a_killed_owner_frees_it(tmp_path):
     """RunLock: a second owner is refused naming the holder; released, the folder is free again; a holder
     killed with SIGKILL leaves its lock file behind but not its lock (never a stale lock to delete by hand)."""
-    from repro.rundir import RunBusy, RunLock
+    from repro.train.rundir import RunBusy, RunLock
 
     run_dir = tmp_path / "r" / RUN
     first = RunLock(run_dir).acquire(0)
@@ -463,7 +464,7 @@ def test_a_run_folder_has_one_owner_and_a_killed_owner_frees_it(tmp_path):
     first.release()
     RunLock(run_dir).acquire(0).release()
     assert not (tmp_path / "r").exists()  # nothing left behind
-    code = (f"import os, signal; from pathlib import Path; from repro.rundir import RunLock; "
+    code = (f"import os, signal; from pathlib import Path; from repro.train.rundir import RunLock; "
             f"RunLock(Path({str(run_dir)!r})).acquire(0); os.kill(os.getpid(), signal.SIGKILL)")
     assert subprocess.run([python(), "-c", code], cwd=ROOT).returncode == -signal.SIGKILL
     assert (tmp_path / "r" / f".{RUN}.lock").exists()  # the file stayed, its lock died with its process

@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from repro import runtime
-from repro.runtime import ConfigError, resolve_device
+from repro.errors import ConfigError
+from repro.train import runtime
+from repro.train.runtime import resolve_device
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_runs_outside_torchrun_each_claim_a_free_gpu(tmp_path):
     """A sweep's runs on one host (joblib workers, each a process) take the GPUs one each, and a run that
     ends frees its GPU."""
     other_run = lambda: int(subprocess.run(  # noqa: E731  (another process: claims, says which, ends)
-        [sys.executable, "-c", f"from pathlib import Path; from repro.runtime import claim_gpu; "
+        [sys.executable, "-c", f"from pathlib import Path; from repro.train.runtime import claim_gpu; "
          f"print(claim_gpu(2, Path({str(tmp_path)!r})))"], capture_output=True, text=True, check=True).stdout)
     assert runtime.claim_gpu(2, tmp_path) == 0  # this process holds GPU 0 ...
     assert other_run() == 1  # ... so another run gets GPU 1

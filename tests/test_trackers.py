@@ -1,4 +1,4 @@
-"""The optional trackers (logger=tensorboard|wandb, repro.trackers) and the TensorBoard exporter: a tracker
+"""The optional trackers (logger=tensorboard|wandb, repro.train.trackers) and the TensorBoard exporter: a tracker
 shows each CSV row once, in order, across kills and resumes; a missing package is one line, exit 2."""
 import signal
 import sys
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SMALL, compose, train_process
 
 from repro.results import read_meta
-from conftest import SMALL, compose, train_process
 
 RUN = "cifar10-resnet-20-s0"
 BASE = ["exp=smoke", *SMALL, "exp_name=r", "optim.total_steps=40", "eval_every=10", "save_model=false",
@@ -83,7 +83,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(tmp_path, genera
 
 
 class FakeWandb(types.ModuleType):
-    """What repro.trackers calls of W&B, recorded (W&B itself is an optional, heavy extra)."""
+    """What repro.train.trackers calls of W&B, recorded (W&B itself is an optional, heavy extra)."""
 
     def __init__(self):
         super().__init__("wandb")
@@ -101,7 +101,7 @@ class FakeWandb(types.ModuleType):
 
 
 def test_wandb_gets_each_row_once_in_one_resumed_run_offline_by_default(tmp_path, generated_cifar, monkeypatch):
-    from repro.train import run
+    from repro.train.loop import run
 
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
@@ -126,7 +126,7 @@ def test_wandb_gets_each_row_once_in_one_resumed_run_offline_by_default(tmp_path
 def test_the_exporter_writes_finished_runs_and_says_what_it_skipped(tmp_path, generated_cifar, capsys):
     pytest.importorskip("tensorboard")
     from repro.export_tb import main
-    from repro.train import run
+    from repro.train.loop import run
 
     run(compose([*BASE, f"results_dir={tmp_path / 'results'}", f"data.root={generated_cifar}"]))
     unfinished = tmp_path / "results" / "r" / "cifar10-plain-20-s0"
@@ -148,7 +148,7 @@ def test_a_diverged_run_rerun_from_its_checkpoint_shows_each_step_once(tmp_path,
     checkpoint before it and diverges again: the purge step drops the first copy. (Diverging after a checkpoint:
     a warm-up at a sane lr until the first check, then lr 1e12.)"""
     pytest.importorskip("tensorboard")
-    from repro.train import run
+    from repro.train.loop import run
 
     over = [*BASE, f"results_dir={tmp_path / 'results'}", f"data.root={generated_cifar}", "logger=tensorboard",
             f"logger.dir={tmp_path / 'tb'}", "optim.lr=1e12", "optim.milestones=[0.99]", "optim.warmup_lr=0.01",

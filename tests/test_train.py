@@ -6,11 +6,11 @@ import subprocess
 import pandas as pd
 import pytest
 import yaml
+from conftest import ROOT, compose, python, tiny_run_overrides
 
 from repro.results import VAL_COLUMNS
-from repro.schedule import lr_at
-from repro.train import run
-from conftest import ROOT, compose, python, tiny_run_overrides
+from repro.train.loop import run
+from repro.train.schedule import lr_at
 
 PAPER = compose([]).optim  # the default config: §4.2's schedule
 

@@ -1,6 +1,6 @@
 """Hydra's launcher plugin for `hydra/launcher=pack` (experiments/hydra/launcher/pack.yaml): several runs of a
-sweep in one process (repro.pack). Hydra admits launchers only from the `hydra_plugins` namespace package;
-this one ships inside the repro package (repro/_plugins, put on the path by repro.train) and stays a thin
+sweep in one process (repro.train.pack). Hydra admits launchers only from the `hydra_plugins` namespace package;
+this one ships inside the repro package (repro/_plugins, put on the path by repro.train's command) and stays a thin
 shell, so that Hydra's plugin scan, which imports it on every start, imports nothing heavy."""
 from __future__ import annotations
 
@@ -16,6 +16,6 @@ class PackLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides, initial_job_idx):
-        from repro.pack import launch
+        from repro.train.pack import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -9,7 +9,7 @@ tests/test_fidelity.py. 'auto' turns a switch on where it was measured to help:
 - fused_sgd: one fused update for all parameters instead of a loop over tensors (same arithmetic).
 - cpu_allocator: keep freed activations in the heap instead of handing them back to the OS (below).
 - compile: torch.compile the model; 'reduce-overhead' captures it as CUDA graphs (launch-bound small nets).
-- graph: the whole training step (batch, forward, backward, SGD update) as one CUDA graph (repro.graph);
+- graph: the whole training step (batch, forward, backward, SGD update) as one CUDA graph (repro.train.step);
   'auto' = on CUDA. A run that cannot use one (DDP, loader-worker data, compile) says so and steps eagerly.
 """
 from __future__ import annotations
@@ -22,11 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from repro.errors import ConfigError
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class FastConfigError(ValueError):
-    """A `fast.*` value that is not one of the valid choices."""
 
 
 @dataclass
@@ -77,28 +75,29 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def _switch(cfg, key: str, auto: bool) -> bool:
-    value = cfg.get(key, "auto")
+def _switch(key: str, value, auto: bool) -> bool:
     if value == "auto":
         return auto
     if isinstance(value, bool):
         return value
-    raise FastConfigError(f"fast.{key}={value!r}; valid: auto, true, false")
+    raise ConfigError(f"fast.{key}={value!r}; valid: auto, true, false")
 
 
-def resolve_fast(cfg, device: torch.device) -> Fast:
-    """The switches for `device`; 'auto' = on where `make bench` measured it to help."""
-    mode = cfg.get("compile", False)
+def resolve_fast(device: torch.device, *, channels_last="auto", bf16="auto", fused_sgd="auto", cpu_allocator="auto",
+                 compile=False, graph="auto") -> Fast:
+    """The switches for `device` (the `fast` config group's keys: `resolve_fast(dev, **cfg.fast)`); 'auto' = on
+    where `make bench` measured it to help."""
+    mode = compile
     if mode is True:
         mode = "default"
     if mode not in (False, None, *COMPILE_MODES):
-        raise FastConfigError(f"fast.compile={mode!r}; valid: false, true, {', '.join(COMPILE_MODES)}")
-    return Fast(channels_last=_switch(cfg, "channels_last", True),
-                bf16=_switch(cfg, "bf16", native_bf16(device)),
+        raise ConfigError(f"fast.compile={mode!r}; valid: false, true, {', '.join(COMPILE_MODES)}")
+    return Fast(channels_last=_switch("channels_last", channels_last, True),
+                bf16=_switch("bf16", bf16, native_bf16(device)),
                 compile=mode or None,
-                fused_sgd=_switch(cfg, "fused_sgd", device.type in ("cuda", "cpu")),
-                cpu_allocator=_switch(cfg, "cpu_allocator", device.type == "cpu" and sys.platform == "linux"),
-                graph=_switch(cfg, "graph", device.type == "cuda"))
+                fused_sgd=_switch("fused_sgd", fused_sgd, device.type in ("cuda", "cpu")),
+                cpu_allocator=_switch("cpu_allocator", cpu_allocator, device.type == "cpu" and sys.platform == "linux"),
+                graph=_switch("graph", graph, device.type == "cuda"))
 
 
 def tune_cpu_allocator() -> bool:

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
 from torchvision.transforms.v2 import functional as F
 
-from .data import DataError
+from repro.data.seeds import seeded
+from repro.errors import DataError
 
 MEAN = (0.485, 0.456, 0.406)  # per-channel ImageNet mean: with random rescaling, the per-pixel mean is flat
 # AlexNet's PCA lighting (Krizhevsky et al. 2012, §4.1), eigen-decomposition of ImageNet RGB covariance
@@ -58,7 +59,7 @@ class Draw:
 
 
 def draw(seed: int, position: int) -> Draw:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + position)
+    g = seeded("step", seed, position)
     u = torch.rand(4, generator=g, dtype=torch.float64).tolist()
     alpha = torch.randn(3, generator=g, dtype=torch.float64).tolist()
     span = SCALES[1] - SCALES[0] + 1
@@ -243,8 +244,10 @@ def held_out_indices(n: int, val_size: int) -> list[int]:
 
 
 def load_imagefolder(*, name: str, root: str | Path, lighting: float = LIGHTING_STD, val_size: int = 0,
-                     decoder: str = "auto", decode: str = "cpu", workers="auto", **_other) -> ImageFolderData:
-    """The ImageFolder data at `root` (called with the data config group), read by `workers` loader processes
+                     decoder: str = "auto", decode: str = "cpu", workers="auto", format: str = "imagefolder",
+                     eval_batch_size: int | None = None) -> ImageFolderData:
+    """The ImageFolder data at `root` (called with the data config group, whose every key is a parameter here:
+    `format` chose this reader and eval_batch_size is the evaluation's), read by `workers` loader processes
     (auto: the host's cores shared by the LOCAL_WORLD_SIZE training processes on it). `val_size` training
     images are held out and evaluated like the val set."""
     root = Path(root).expanduser()
@@ -289,8 +292,7 @@ class StepSampler(Sampler[int]):
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 7919 + epoch + 1)
-    return torch.randperm(n, generator=g)
+    return torch.randperm(n, generator=seeded("epoch", seed, epoch))
 
 
 class StreamDataset(Dataset):

@@ -1,10 +1,10 @@
 """`make bench-gpu`: the CIFAR-10 step on one GPU, eager against graphed against packed, side by side in one
 process, and what each makes of the paper's sweeps. Writes plots/bench_<gpu>.json.
 
-- eager / graphed: each Fig. 6 net's training step as the loop runs it (repro.graph: EagerStep, GraphStep —
+- eager / graphed: each Fig. 6 net's training step as the loop runs it (repro.train.step: EagerStep, GraphStep —
   the very objects `repro.train.train` calls), batch 128, fast=auto, images/s over the median timed window;
 - packed: the nine Fig. 6 nets stepped in turn in this process, each its own graph on its own CUDA stream
-  (repro.pack's way), aggregate images/s;
+  (repro.train.pack's way), aggregate images/s;
 - eval: one evaluation of the 10,000 test images per net (Fig. 6 evaluates every 500 iterations: 129 times);
 - grouped: the microbenchmark for fusing N seeds of one net into one wider net — a 3x3 convolution over
   N x C channels with groups=N against N separate convolutions of C channels, forward + backward, each as a
@@ -14,7 +14,7 @@ process, and what each makes of the paper's sweeps. Writes plots/bench_<gpu>.jso
 Throughput does not depend on the pixels: the embedded synthetic task (50k/10k) is used unless --cifar10 is
 given. Each section that fails is recorded in the JSON with its error; the others still run.
 
-    python -m repro.bench_gpu [--nets 20A,56A] [--windows 3] [--steps 50] [--device cuda] [--out FILE]
+    python -m repro.bench.gpu [--nets 20A,56A] [--windows 3] [--steps 50] [--device cuda] [--out FILE]
 """
 from __future__ import annotations
 
@@ -27,18 +27,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from .bench import FIG6_NETS, our_net, parse_nets, sec_per_image, timed, write_json
-from .data import load_image_data
-from .errors import command
-from .fast import resolve_fast
-from .graph import make_step
-from .lifecycle import Trainee
-from .names import display_name
-from .pack import on_stream
-from .runtime import configure_backends
-from .sources import cifar_source
+from repro.bench.common import FIG6_NETS, our_net, parse_nets, sec_per_image, timed, write_json
+from repro.data.cifar import load_image_data
+from repro.data.sources import cifar_source
+from repro.errors import command
+from repro.names import display_name
+from repro.train.fast import resolve_fast
+from repro.train.pack import on_stream
+from repro.train.run import Trainee
+from repro.train.runtime import configure_backends
+from repro.train.step import make_step
 
 BATCH, STEPS_64K, EVALS = 128, 64_000, 64_000 // 500 + 1  # §4.2: batch 128, 64k iterations; eval_every 500
 TABLE6 = [(d, "A") for d in (20, 32, 44, 56, 110)]  # Table 6's depths (1202 apart), 5 seeds each
@@ -52,7 +51,7 @@ def sync(device: torch.device) -> None:
 
 def build(depth: int, shortcut: str, data, device: torch.device, graph: bool):
     """A run's step as the loop makes it (data shared; the bench's seeded net), its evaluation, its CUDA stream."""
-    fast = resolve_fast(OmegaConf.create({"graph": graph}), device)
+    fast = resolve_fast(device, graph=graph)
     net, opt, _ = our_net(fast, device, "cifar10", depth, shortcut)
     t = Trainee(net, net, net, opt, None, fast.graph)
     src = cifar_source({"eval_batch_size": 1000}, BATCH, 0, device, data=data)
@@ -173,7 +172,7 @@ def section(report: dict, key: str, fn):
 
 @command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m repro.bench_gpu", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m repro.bench.gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nets", help="nets for eager/graphed, e.g. 20A,56none (default: Fig. 6's nine)")
     p.add_argument("--cifar10", type=Path, default=None, help="CIFAR-10 folder (default: the embedded task)")

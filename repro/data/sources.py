@@ -1,5 +1,5 @@
 """One interface over the two kinds of data the loop trains on: CIFAR-style tensors resident on the
-device (repro.data) and ImageNet-style folders read by loader workers (repro.imagenet).
+device (repro.data) and ImageNet-style folders read by loader workers (repro.data.imagenet).
 
 A Source gives the loop (a) the mini-batches of steps start, start+1, ... for this rank (for CIFAR-style
 data also as a device-side stream, `stream`, whose batches a CUDA graph can take), and (b) for each
@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .data import BatchStream, ImageData, load_image_data, normalize
+from repro.data.cifar import BatchStream, ImageData, load_image_data, normalize
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -68,8 +68,16 @@ def cifar_source(data_cfg, batch_size: int, seed: int, device: torch.device, ran
 def imagefolder_source(data_cfg, batch_size: int, seed: int, total_steps: int, device: torch.device, rank: int = 0,
                        world: int = 1) -> Source:
     """ImageNet-style folders: uint8 crops from loader workers (or, with data.decode=cuda, bytes decoded here on
-    the GPU), finished on `device` once per batch (repro.imagenet.tail)."""
-    from .imagenet import DataError, decode_batch_on_device, eval_loader, load_imagefolder, tail, train_loader, worker_error
+    the GPU), finished on `device` once per batch (repro.data.imagenet.tail)."""
+    from repro.data.imagenet import (
+        DataError,
+        decode_batch_on_device,
+        eval_loader,
+        load_imagefolder,
+        tail,
+        train_loader,
+        worker_error,
+    )
 
     data = load_imagefolder(**data_cfg)
     workers, eb = data.workers, data_cfg["eval_batch_size"]

@@ -72,7 +72,7 @@ class SweepSummary(Callback):
 
 
 class SweepInterrupt(Callback):
-    """Ctrl-C in a sweep: each training run stops at its step with a checkpoint (repro.checkpoint.SignalFlag),
+    """Ctrl-C in a sweep: each training run stops at its step with a checkpoint (repro.train.signals.SignalFlag),
     marks the sweep interrupted and returns, so no further run starts and SweepSummary ends the sweep with exit
     130. Where the runs are worker processes (hydra/launcher=parallel, joblib), the terminal's SIGINT reaches
     every process of the group, and the launching process must outlive its workers meanwhile (on

@@ -19,8 +19,8 @@ from math import sqrt
 
 import pandas as pd
 
-from .names import display_name
-from .results import final_rows
+from repro.names import display_name
+from repro.results import final_rows
 
 # Default noise floor for nets with one seed: seed-to-seed std of final training error, in points, as measured
 # at the demo scale (width 8, 400 iterations, seeds 0-2: docs/demo.md, from committed result sets). Full-length

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .names import display_name
-from .results import final_rows, net_rows
+from repro.names import display_name
+from repro.results import final_rows, net_rows
 
 # Paper values (paper.md; §4.1, §4.2). Test error in %.
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}

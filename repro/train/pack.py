@@ -1,8 +1,8 @@
 """Several runs of a sweep in one process, stepped in turn: `python -m repro.train -m exp=... hydra/launcher=pack`.
 
-On one GPU the paper's CIFAR nets are launch-bound (repro.graph), and separate processes on one GPU are
+On one GPU the paper's CIFAR nets are launch-bound (repro.train.step), and separate processes on one GPU are
 time-sliced, not overlapped. Runs in one process, each replaying its step on its own CUDA stream, overlap on
-the device. Each is still a normal run (repro.lifecycle.Run): its own folder, metrics.csv, meta.json,
+the device. Each is still a normal run (repro.train.run.Run): its own folder, metrics.csv, meta.json,
 checkpoint and lock; skip, reuse and resume; failure and divergence marks; a preemption signal checkpoints
 every run of the group. Every run gives the numbers it gives alone (its own streams of draws, its own graph;
 the CIFAR tensors on the device are shared, read-only). `hydra.launcher.runs_at_once` runs are stepped
@@ -24,11 +24,13 @@ import torch
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .checkpoint import SignalFlag
-from .data import ImageData, load_image_data
-from .lifecycle import Run, run_dir_for
-from .runtime import ConfigError, resolve_device, validate
-from .sweep import FAILED_MARK
+from repro.data.cifar import ImageData, load_image_data
+from repro.errors import ConfigError
+from repro.train.config import validate
+from repro.train.run import Run, run_dir_for
+from repro.train.runtime import resolve_device
+from repro.train.signals import SignalFlag
+from repro.train.sweep import FAILED_MARK
 
 
 @dataclass
@@ -69,7 +71,8 @@ def train_pack(jobs: Sequence[Job], runs_at_once: int) -> list[str]:
     ('done', 'diverged', 'failed', 'error' for bad input, 'preempted'). A run that fails is marked and the
     others go on; a preemption signal checkpoints every running run, then ends the process as the signal
     asks (the rerun resumes them all)."""
-    from .train import USER_ERRORS, train
+    from repro.errors import USER_ERRORS
+    from repro.train.loop import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("hydra/launcher=pack runs a sweep's runs in one process on one device; it does not "

@@ -21,7 +21,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .sources import Source
+from repro.data.sources import Source
 
 WARMUP = 3  # eager steps before the first capture
 

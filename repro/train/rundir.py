@@ -17,8 +17,10 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from .protocol import IMAGEFOLDER_STREAM, flatten, identity
-from .results import ResultsError, read_meta
+from repro.errors import ResultsError
+from repro.protocol import IMAGEFOLDER_STREAM, flatten, identity
+from repro.results import CONFIG, FINAL, META, METRICS, MODEL, RESPONSES, kept_files, read_meta
+
 
 def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
     """Write to a temp file, fsync, rename: a reader (or a crash) sees the old file or the new one."""
@@ -126,14 +128,14 @@ class RunLock:
 
 def update_meta(run_dir: Path, **fields: Any) -> dict:
     meta = {**read_meta(run_dir), **fields}
-    atomic_write(run_dir / "meta.json", (json.dumps(meta, indent=2, default=str) + "\n").encode())
+    atomic_write(run_dir / META, (json.dumps(meta, indent=2, default=str) + "\n").encode())
     return meta
 
 
 def git_revision() -> tuple[str, bool]:
     """(commit, dirty) of the code that made a run; ('unknown', False) outside a git checkout of this project
     (an installed wheel: its folder may sit inside some other repository)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # repro/
     if not (here.parent / "pyproject.toml").is_file():
         return "unknown", False
     try:
@@ -181,9 +183,9 @@ def prepare_run_dir(run_dir: Path, config: dict, arith: str, overwrite: bool = F
     deleted). Keys that change no numbers (paths, devices, speed switches, what is kept afterwards) may
     differ: the run is the same."""
 
-    if not run_dir.exists() or not (run_dir / "config.yaml").exists():
+    if not run_dir.exists() or not (run_dir / CONFIG).exists():
         return "fresh"
-    old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    old = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
     meta = read_meta(run_dir)
     diff = run_diff(old, meta, config, arith, processes)
     if diff and not overwrite:
@@ -264,16 +266,14 @@ def find_finished(results_root: Path, run_dir: Path, config: dict, arith: str,
         if meta.get("status") != "done" or meta.get("reused_from"):
             continue
         old = yaml.safe_load(cfg_path.read_text()) or {}
-        kept = {"model.pt": config.get("save_model"), "responses.csv": config.get("analyze_responses") and
-                config["model"]["family"] == "cifar10", "final.json": config.get("final_crops")}
-        missing = any(want and not (other / f).exists() for f, want in kept.items())
+        missing = any(want and not (other / f).exists() for f, want in kept_files(config).items())
         if run_diff(old, meta, config, arith, processes) or missing or not same_data(old, meta):
             continue
         return other
     return None
 
 
-REUSED_FILES = ("metrics.csv", "responses.csv", "final.json", "model.pt")
+REUSED_FILES = (METRICS, RESPONSES, FINAL, MODEL)
 
 
 def reuse_run(origin: Path, run_dir: Path, config: dict) -> None:
@@ -283,5 +283,5 @@ def reuse_run(origin: Path, run_dir: Path, config: dict) -> None:
     for name in REUSED_FILES:
         if (origin / name).exists():
             atomic_write(run_dir / name, (origin / name).read_bytes())
-    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    atomic_write(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
     update_meta(run_dir, **{**read_meta(origin), "reused_from": str(origin)})

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from repro.data.seeds import seeded
+from repro.errors import DataError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the official archive (torchvision's value)
@@ -29,10 +31,6 @@ HOW_TO_GET = (
     "get it with `make data` (downloads the official archive into data/cifar10), "
     "or point data.root at a folder containing cifar-10-batches-py"
 )
-
-
-class DataError(Exception):
-    """Missing, corrupt or malformed data: the message names the path and how to fix it."""
 
 
 class UnsafePickle(pickle.UnpicklingError):
@@ -241,10 +239,11 @@ class ImageData:
 
 def load_image_data(device: torch.device, *, name: str, root: str | Path, download: bool = False, url: str = CIFAR_URL,
                     synthetic_seed: int = 0, val_size: int = 0, train_size: int = 0, test_size: int = 0,
-                    **_other) -> ImageData:
+                    eval_batch_size: int | None = None) -> ImageData:
     """CIFAR-10 at `root` (downloaded there when `download` and missing), or the embedded synthetic task
-    (`name` 'synthetic'), on `device`. Called with the data config group: `load_image_data(dev, **cfg.data)`
-    (its other keys, such as eval_batch_size, are not about loading). Sizes 0 = all images."""
+    (`name` 'synthetic'), on `device`. Called with the data config group, `load_image_data(dev, **cfg.data)`,
+    whose every key is a parameter here (eval_batch_size is the evaluation's, not used in loading), so a renamed
+    or unknown key fails at once. Sizes 0 = all images."""
     root = Path(root).expanduser()
     if name == "synthetic":
         arrays, source = make_synthetic(seed=synthetic_seed), f"embedded synthetic task (seed {synthetic_seed})"
@@ -272,10 +271,7 @@ def load_image_data(device: torch.device, *, name: str, root: str | Path, downlo
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator whose stream depends only on (seed, step): resume needs no RNG state, and the draws
-    are the same on every device (CUDA's generators draw other numbers from the same seed), so a CPU and a
-    CUDA run see the same augmentations step for step, and a run may resume on another device."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return seeded("step", seed, step)
 
 
 DRAW_WINDOW = 256  # steps whose random draws are computed ahead on the CPU and uploaded to the device at once
@@ -310,8 +306,7 @@ class BatchStream:
     def _perm(self, epoch: int) -> torch.Tensor:
         """Epoch `epoch`'s order (drawn on the CPU, the same on every device)."""
         if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 7919 + epoch + 1)
-            perm = torch.randperm(self.n, generator=g)
+            perm = torch.randperm(self.n, generator=seeded("epoch", self.seed, epoch))
             self._perms = {k: v for k, v in self._perms.items() if k == epoch - 1} | {epoch: perm}
         return self._perms[epoch]
 

@@ -1,5 +1,5 @@
 """Rank 0's side of the training loop: each evaluation row to metrics.csv, the status line, the checkpoint
-after it, the rows on to the tracker once their checkpoint is on disk (repro.trackers), and the checkpoint a
+after it, the rows on to the tracker once their checkpoint is on disk (repro.train.trackers), and the checkpoint a
 preemption signal asks for."""
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import signal
 import time
 from pathlib import Path
 
-from .checkpoint import State, fault_point, save_checkpoint
-from .results import columns_for
-from .rundir import MetricsWriter, update_meta
+from repro.results import CHECKPOINT, METRICS, columns_for
+from repro.train.checkpoint import State, save_checkpoint
+from repro.train.rundir import MetricsWriter, update_meta
+from repro.train.signals import fault_point
 
 
 class Recorder:
@@ -18,10 +19,10 @@ class Recorder:
 
     def __init__(self, run_dir: Path | None, name: str, total: int, batch: int, with_val: bool, wall_time: float):
         self.dir, self.name, self.total, self.batch = run_dir, name, total, batch
-        self.writer = MetricsWriter(run_dir / "metrics.csv", columns_for(with_val)) if run_dir else None
+        self.writer = MetricsWriter(run_dir / METRICS, columns_for(with_val)) if run_dir else None
         self.t0 = self.t_row = time.perf_counter()
         self.wall_time = wall_time
-        self.tracker = None  # repro.trackers.Tracker (logger=tensorboard|wandb), set by the run on rank 0
+        self.tracker = None  # repro.train.trackers.Tracker (logger=tensorboard|wandb), set by the run on rank 0
         self.untracked: list[dict] = []  # rows written to the CSV whose checkpoint is not on disk yet
         self.saved_step: int | None = None  # the step of the last checkpoint this process wrote
 
@@ -54,7 +55,7 @@ class Recorder:
 
     def checkpoint(self, t, state: State) -> None:
         if self.dir:
-            save_checkpoint(self.dir / "checkpoint.pt", t.model, t.opt, state)
+            save_checkpoint(self.dir / CHECKPOINT, t.model, t.opt, state)
             self.saved_step = state.step
             fault_point("after_checkpoint", state.step)
             self.track()
@@ -63,7 +64,7 @@ class Recorder:
         """A signal stopped the run at this step: its checkpoint, and the status that says why ('interrupted'
         for Ctrl-C, 'preempted' for a scheduler's signal); either resumes from here."""
         if self.dir:
-            save_checkpoint(self.dir / "checkpoint.pt", t.model, t.opt, state)
+            save_checkpoint(self.dir / CHECKPOINT, t.model, t.opt, state)
             ctrl_c = signum == signal.SIGINT
             update_meta(self.dir, status="interrupted" if ctrl_c else "preempted", preempted_at_step=state.step)
             self.track()

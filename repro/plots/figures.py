@@ -1,5 +1,5 @@
 """The paper's figures, and the choice of runs every artefact is made from, regenerated from results/ only
-(never torch, never model code); the tables are repro.tables.
+(never torch, never model code); the tables are repro.plots.tables.
 
     python -m repro.plots fig6              # one artefact, from the default experiments under results/
     python -m repro.plots all               # every artefact + plots/report.md and report.html
@@ -10,7 +10,6 @@ the caption (never silently skipped); runs still in progress are drawn up to the
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -18,29 +17,22 @@ import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
-from .names import display_name  # noqa: E402
-from .results import (Net, ResultsError, distinct_runs, final_rows, last_rows, net_rows, read_finals,  # noqa: E402
-                      read_responses, read_results, unfinished)
-from .tables import PRETTY_DATA, Artefact, caption, suffix, table2, table3, table6  # noqa: E402
+from repro.names import display_name  # noqa: E402
+from repro.plots.tables import PRETTY_DATA, Artefact, caption, suffix  # noqa: E402
+from repro.results import (  # noqa: E402
+    Net,
+    last_rows,
+    net_rows,
+)
 
 # One colour per depth, the same in every panel and figure.
 DEPTH_COLORS = {8: "#8c564b", 14: "#bcbd22", 20: "#e6a000", 32: "#1f77b4", 44: "#2ca02c", 56: "#d62728",
                 110: "#000000", 1202: "#9467bd", 18: "#1f77b4", 34: "#d62728", 50: "#2ca02c", 101: "#ff7f0e",
                 152: "#000000"}
-# Which experiments under results/ feed each artefact by default (first existing group wins per net).
-SOURCES = {
-    "fig1": ["fig1", "fig6_plain"],
-    "fig6": ["fig6_plain", "fig6_resnet", "fig6_1202", "table6"],
-    "fig7": ["fig6_plain", "fig6_resnet"],
-    "table6": ["table6", "fig6_resnet", "fig6_1202", "fig6_plain"],
-    "fig4": ["fig4", "table2", "fig4_imagenette"],
-    "table2": ["table2", "fig4", "fig4_imagenette"],
-    "table3": ["table3", "imagenet_deep"],
-}
 
 
 def net_color(depth: int) -> str:
@@ -225,109 +217,17 @@ def fig7(resp: pd.DataFrame, out: Path, nets: list[Net] | None = None, scope: st
     return a
 
 
-ARTEFACTS = ("fig1", "fig6", "fig7", "table6", "fig4", "table2", "table3", "fig4_imagenette", "table2_imagenette")
 
 
-def data_kind(name: str) -> str:
-    """Which runs an artefact reads: 'cifar10', 'imagenet' (ImageNet runs only) or 'imagenette'."""
-    if name in ("fig1", "fig6", "fig7", "table6", "final_errors"):
-        return "cifar10"
-    return "imagenette" if name.endswith("_imagenette") else "imagenet"
 
 
-def runs_of(df: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """The rows of one data_kind: CIFAR-family runs, or ImageNet-family runs on ImageNet / Imagenette."""
-    if df.empty:
-        return df
-    return df[df.family == "cifar10"] if kind == "cifar10" else df[(df.family == "imagenet") & (df.data == kind)]
 
 
-def select(results: Path, name: str, explicit: list[Path] | None) -> pd.DataFrame:
-    """The runs an artefact may draw: those under `explicit` folders, else under its default experiments,
-    each computation once (a run found in several folders with the same protocol, net and seed: the
-    finished one, else the first)."""
-    base = name.split("_")[0]
-    folders = explicit or [results / e for e in SOURCES[base] if (results / e).exists()]
-    return distinct_runs(read_results(folders))
 
 
-def check_inputs(results: Path, names: list[str], explicit: list[Path] | None, protocol: str | None) -> None:
-    """Before anything is written: there are runs to draw, and `protocol` (if given) is one of theirs."""
-    sets = [select(results, n, explicit) for n in names] if names else [distinct_runs(read_results(explicit or []))]
-    frames = [f for f in sets if not f.empty]
-    if not frames:
-        where = ", ".join(map(str, explicit)) if explicit else \
-            f"{results}/{{{','.join(sorted({e for n in names for e in SOURCES[n.split('_')[0]]}))}}}"
-        raise ResultsError(f"no runs under {where}; train some first (README 'Reproducing each figure') or "
-                           f"point --results at run or experiment folders")
-    if protocol is not None:
-        labels = last_rows(pd.concat(frames, ignore_index=True)).protocol.value_counts()
-        if protocol not in labels:
-            raise ResultsError(f"--protocol {protocol!r} matches no runs; protocols here: "
-                               + "; ".join(f"{p!r} ({n} runs)" for p, n in labels.items()))
 
 
-def choose_protocol(df: pd.DataFrame, wanted: str | None = None) -> tuple[pd.DataFrame, str]:
-    """The rows of one protocol and a caption sentence naming it and what was left out. `wanted` is a
-    protocol label; by default the protocol that has the most nets (a figure of one net from a side
-    experiment, say ResNet-56 in fp32, is not the default), and of those the closest to the paper's
-    (fewest deviations), then the one with most runs."""
-    if df.empty:
-        return df, ""
-    runs = last_rows(df)
-    runs = runs.assign(net=list(zip(runs.depth, runs.shortcut)))
-    counts = runs.groupby(["protocol_key", "protocol", "deviations"]).agg(n=("path", "size"), nets=("net", "nunique")) \
-        .reset_index()
-    if wanted:
-        hit = counts[counts.protocol == wanted]
-        if hit.empty:
-            return df.iloc[0:0], f"No runs of protocol {wanted}."
-        key = hit.protocol_key.iloc[0]
-    else:
-        key = counts.sort_values(["nets", "deviations", "n"], ascending=[False, True, False]).protocol_key.iloc[0]
-    chosen = df[df.protocol_key == key]
-    others = counts[counts.protocol_key != key]
-    text = f"Protocol: {chosen.protocol.iloc[0]}."
-    if len(others):
-        text += " Left out (other protocols, never pooled): " + "; ".join(
-            f"{p} ({n} run{'s' if n > 1 else ''})" for p, n in zip(others.protocol, others.n)) + "."
-    todo = unfinished(chosen)
-    if todo:
-        text += " Unfinished runs (drawn and labelled, not in tables or verdicts): " + "; ".join(todo) + "."
-    return chosen, text
 
 
-def render(name: str, results: Path, out: Path, explicit: list[Path] | None = None, ylim="paper",
-           protocol: str | None = None, fig7_measure: str = "std") -> Artefact:
-    """Render one artefact by name: a figure from one protocol of its runs (`protocol`, else
-    choose_protocol's default), a table from every protocol (or `protocol`). ImageNet artefacts read only
-    runs on ImageNet; the *_imagenette ones only Imagenette runs."""
-    data = data_kind(name)
-    family = runs_of(select(results, name, explicit), data)
-    kw = {} if ylim == "paper" else {"ylim": None if ylim == "auto" else ylim}
-    if name.startswith("table"):  # every protocol, one row per (net, protocol); or the one asked for
-        chosen = family if protocol is None else choose_protocol(family, protocol)[0]
-        todo = unfinished(chosen) if not chosen.empty else []
-        scope = ("Unfinished runs (not tabulated): " + "; ".join(todo) + ".") if todo else ""
-        if name == "table6":
-            return table6(chosen, out, scope)
-        finals = read_finals(sorted(set(chosen.path))) if not chosen.empty else read_finals([])
-        if name == "table3":
-            return table3(chosen, finals, out, scope)
-        return table2(chosen, finals, out, scope, data)
-    chosen, scope = choose_protocol(family, protocol)
-    if name == "fig1":
-        return fig1(chosen, out, scope=scope, **kw)
-    if name == "fig6":
-        return fig6(chosen, out, scope=scope, **kw)
-    if name.startswith("fig4"):
-        return fig4(chosen, out, scope=scope, data=data, **kw)
-    resp = read_responses(sorted(set(chosen.path))) if not chosen.empty else read_responses([])
-    resp = resp[resp.path.isin(set(final_rows(chosen).path))] if not resp.empty else resp
-    return fig7(resp, out, scope=scope, measure=fig7_measure)
 
 
-if __name__ == "__main__":  # `python -m repro.plots ...`: the command line lives in repro.cli
-    from repro.cli import main
-
-    sys.exit(main())

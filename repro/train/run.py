@@ -1,11 +1,13 @@
 """One run's life as one object, in one direction: open (own the folder; skip it, reuse it, resume it or
 start it) -> start (data, model, optimiser, state, meta.json) -> the loop (`repro.train.train`, which its
 caller drives step by step) -> end (finish: weights, analyses; or the failed mark) -> close (the folder let
-go). `repro.train.run` drives one run per process; the pack launcher (`repro.pack`) drives several in one
+go). `repro.train.run` drives one run per process; the pack launcher (`repro.train.pack`) drives several in one
 process, each still this object with its own folder, CSV, checkpoint and lock.
 """
 from __future__ import annotations
 
+import io
+import json
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,26 +17,30 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import State, load_checkpoint
-from .data import ImageData, cifar_fingerprint
-from .errors import storage_error
-from .fast import Fast, resolve_fast, tune_cpu_allocator
-from .finish import finish
-from .models import build_model, count_params
-from .names import display_name, run_name
-from .protocol import IMAGEFOLDER_STREAM, data_copy, description, identity
-from .recorder import Recorder
-from .results import ResultsError, read_meta
-from .rundir import (RunBusy, RunLock, atomic_write, find_finished, git_revision, prepare_run_dir, reuse_run,
-                     truncate_metrics, update_meta)
-from .runtime import ConfigError, broadcast, configure_backends, rank_zero_first
-from .schedule import uses_warmup
-from .sources import Source, load_source
-from .trackers import open_tracker
-
-
-class PeerLost(Exception):
-    """A data-parallel run lost a peer (a rank killed, a collective past dist_timeout_s): one line, exit 1."""
+from repro.data.cifar import ImageData, cifar_fingerprint
+from repro.data.sources import Source, load_source
+from repro.errors import ConfigError, PeerLost, ResultsError, storage_error
+from repro.models import build_model, count_params
+from repro.names import display_name, run_name
+from repro.protocol import IMAGEFOLDER_STREAM, data_copy, description, identity
+from repro.results import CHECKPOINT, CONFIG, FINAL, METRICS, MODEL, RESPONSES, read_meta
+from repro.train.checkpoint import State, load_checkpoint
+from repro.train.fast import Fast, resolve_fast, tune_cpu_allocator
+from repro.train.recorder import Recorder
+from repro.train.rundir import (
+    RunBusy,
+    RunLock,
+    atomic_write,
+    find_finished,
+    git_revision,
+    prepare_run_dir,
+    reuse_run,
+    truncate_metrics,
+    update_meta,
+)
+from repro.train.runtime import broadcast, configure_backends, rank_zero_first
+from repro.train.schedule import uses_warmup
+from repro.train.trackers import open_tracker
 
 
 @dataclass
@@ -107,7 +113,7 @@ class Run:
                 self.lock, busy = None, str(e)
         if (busy := broadcast(busy, world)) is not None:
             raise RunBusy(busy)
-        self.fast = resolve_fast(cfg.fast, self.device)
+        self.fast = resolve_fast(self.device, **cfg.fast)
         self.config = OmegaConf.to_container(cfg, resolve=True)
         arith = "bf16" if self.fast.bf16 else "fp32"
         mode = prepare_run_dir(self.dir, self.config, arith, cfg.overwrite, world) if rank == 0 else "fresh"
@@ -139,7 +145,7 @@ class Run:
         net = fast.apply(model, device)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,  # §3.4, §4.2
                               weight_decay=cfg.optim.weight_decay, fused=fast.fused_sgd)
-        checkpoint = self.dir / "checkpoint.pt"
+        checkpoint = self.dir / CHECKPOINT
         saved = checkpoint.read_bytes() if rank == 0 and self.mode == "resume" and checkpoint.exists() else None
         if (saved := broadcast(saved, world)) is not None:
             self.state = load_checkpoint(checkpoint, model, opt, saved)
@@ -169,11 +175,11 @@ class Run:
         for tmp in run_dir.glob(".*.tmp"):  # half-written files of a process killed mid-write
             tmp.unlink()
         if state.step:
-            kept = truncate_metrics(run_dir / "metrics.csv", state.step)
+            kept = truncate_metrics(run_dir / METRICS, state.step)
             print(f"[results] resuming {run_dir} at step {state.step} ({kept} rows kept)", flush=True)
         else:
-            (run_dir / "metrics.csv").unlink(missing_ok=True)  # rows without a checkpoint cannot be continued
-            atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.config)).encode())
+            (run_dir / METRICS).unlink(missing_ok=True)  # rows without a checkpoint cannot be continued
+            atomic_write(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(self.config)).encode())
         rev, dirty = git_revision()
         copy = {"data_md5": md5, "data_copy": data_copy(md5)} if md5 else {}
         threads, params = torch.get_num_threads(), count_params(model)
@@ -182,7 +188,7 @@ class Run:
             f"cpu ({threads} thread{'s' if threads > 1 else ''})"
         resolved = {"fast": vars(self.fast), "processes": world, **copy}  # what the protocol reads from meta.json
         if src.folders is not None:
-            resolved["data_stream"] = IMAGEFOLDER_STREAM  # which draws (repro.rundir.run_key)
+            resolved["data_stream"] = IMAGEFOLDER_STREAM  # which draws (repro.train.rundir.run_key)
         scale = description(identity(self.config, resolved))
         if state.step:  # resumed: config.yaml is the one it started with, and so stays its process count (run_diff
             resolved.pop("processes")  # let it resume here only if the BN chunks, optim.splits x processes, agree)
@@ -215,7 +221,7 @@ class Run:
         """The loop raised `e`: the run marked failed (its checkpoint kept, so a rerun resumes it), and the
         exception to raise instead: one line for what a user can act on (out of memory, a lost peer)."""
         if isinstance(e, torch.cuda.OutOfMemoryError):
-            if self.out_dir and self.mode == "fresh" and not (self.dir / "checkpoint.pt").exists():
+            if self.out_dir and self.mode == "fresh" and not (self.dir / CHECKPOINT).exists():
                 if self.rec is not None:
                     self.rec.close()
                 shutil.rmtree(self.dir, ignore_errors=True)  # nothing was computed: leave results/ as it was
@@ -229,7 +235,7 @@ class Run:
         if (disk := storage_error(e)) is not None:  # a full disk mid-run: the checkpoint before it stands
             saved = self.rec.saved_step if self.rec is not None else None
             kept = f"its checkpoint at step {saved} kept" if saved is not None else \
-                "its last checkpoint kept" if (self.dir / "checkpoint.pt").exists() else "nothing to resume from yet"
+                "its last checkpoint kept" if (self.dir / CHECKPOINT).exists() else "nothing to resume from yet"
             disk = storage_error(e, f"the run is marked failed, {kept}: rerun the same command to resume")
             self._mark_failed(str(disk))
             return disk
@@ -255,3 +261,23 @@ class Run:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def finish(model: torch.nn.Module, src: Source, run_dir: Path, device: torch.device, *, save_model: bool,
+           analyze_responses: bool, final_crops: int | None, eval_batch_size: int) -> None:
+    if save_model:
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        atomic_write(run_dir / MODEL, buf.getvalue())
+    if analyze_responses and src.tensors is not None:
+        from repro.train.analysis import write_responses
+
+        write_responses(model, src.tensors, run_dir / RESPONSES, eval_batch_size)
+    if src.folders is not None and final_crops:
+        from repro.data.imagenet import evaluate_crops
+
+        result = evaluate_crops(model, src.folders, final_crops, eval_batch_size, device)
+        atomic_write(run_dir / FINAL, (json.dumps(result, indent=2) + "\n").encode())
+        print(f"[train] {final_crops}-crop evaluation: top-1 {100 * result['top1_err']:.2f}% "
+              f"top-5 {100 * result['top5_err']:.2f}%", flush=True)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)

@@ -1,11 +1,11 @@
 """Train one plain or residual net with the paper's protocol: `python -m repro.train [-m] exp=...`.
 
-A run goes one way (repro.lifecycle.Run): name its folder from the config alone -> skip it (done), reuse it
+A run goes one way (repro.train.run.Run): name its folder from the config alone -> skip it (done), reuse it
 (the same run, finished by another experiment), resume it or start it -> build the model -> load the data ->
 train -> finish. The loop (`train`) is iteration-based, as §4.2 is: the learning rate is a function of the
-step (repro.schedule), the batches are a pure function of (seed, step), and running sums stay on the device
+step (repro.train.schedule), the batches are a pure function of (seed, step), and running sums stay on the device
 until an evaluation point, where one CSV row is written and flushed and then a checkpoint is saved. The loop
-is a generator that yields after every step, so one process can interleave several runs (repro.pack);
+is a generator that yields after every step, so one process can interleave several runs (repro.train.pack);
 `run` drives one to its end. Under torchrun the same loop runs data-parallel (DDP): every rank trains on
 its slice of the global batch, sums are all-reduced, rank 0 alone writes results.
 """
@@ -14,33 +14,25 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
-from pathlib import Path
 from typing import Generator
 
-import hydra
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from .checkpoint import SignalFlag, State, fault_point
-from .data import DataError
-from .errors import StorageError, command, exit_code, storage_error
-from .fast import FastConfigError
-from .graph import make_step
-from .lifecycle import PeerLost, Run, Trainee
-from .names import display_name
-from .recorder import Recorder
-from .results import ResultsError
-from .runtime import ConfigError, all_reduce, check_choices, config_dir, distributed, sync_buffers, validate
-from .schedule import lr_at, plateau_step, uses_warmup
-from .sources import Source
-from .sweep import is_multirun, mark_failed, mark_interrupted, sweep_interrupted
+from repro.data.sources import Source
+from repro.errors import ConfigError, storage_error
+from repro.names import display_name
+from repro.train.checkpoint import State
+from repro.train.config import validate
+from repro.train.recorder import Recorder
+from repro.train.run import Run, Trainee
+from repro.train.runtime import all_reduce, distributed, sync_buffers
+from repro.train.schedule import lr_at, plateau_step, uses_warmup
+from repro.train.signals import SignalFlag, fault_point
+from repro.train.step import make_step
+from repro.train.sweep import is_multirun, mark_interrupted
 
-# Hydra finds launchers only in the `hydra_plugins` namespace package: ours (hydra/launcher=pack) ships here
-sys.path.append(str(Path(__file__).resolve().parent / "_plugins"))
-
-USER_ERRORS = (ConfigError, DataError, ResultsError, FastConfigError, StorageError)
 AGREE_EVERY = 10  # data-parallel: steps between the ranks' votes on a preemption signal (a stop within 10 steps)
 
 
@@ -143,7 +135,7 @@ def to_end(loop: Generator[None, None, str]) -> str:
 
 
 def run(cfg: DictConfig) -> str:
-    """One run in this process (group), from its config to its status (repro.lifecycle.Run)."""
+    """One run in this process (group), from its config to its status (repro.train.run.Run)."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     rank, world, device = distributed(cfg.device, cfg.dist_timeout_s)
     r = Run(cfg, rank, world, device)
@@ -174,41 +166,7 @@ def run(cfg: DictConfig) -> str:
         r.close()
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> str:
-    """One run. Bad input ends it with one clear line (exit 2); in a multirun, a failing run is recorded
-    and the sweep goes on with the next one (repro.sweep.SweepSummary then exits 1)."""
-    multirun = is_multirun()
-    if multirun and sweep_interrupted():
-        return "not started"  # Ctrl-C stopped the sweep (repro.sweep.SweepInterrupt)
-    try:
-        return run(cfg)
-    except (*USER_ERRORS, PeerLost) as e:  # one line: bad input exits 2, a lost peer or a full disk 1
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        if not multirun:
-            sys.exit(exit_code(e))
-        mark_failed(str(e))
-        return "failed" if exit_code(e) == 1 else "error"
-    except Exception as e:
-        if not multirun:
-            raise
-        print(f"error: run failed ({type(e).__name__}: {e}); continuing with the next run", file=sys.stderr,
-              flush=True)
-        mark_failed(f"{type(e).__name__}: {e}")
-        return "failed"
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
-@command  # Ctrl-C outside a run's loop (Hydra composing, a parallel sweep's launcher waiting): one line
-def cli() -> None:
-    """`repro-train` / `python -m repro.train`: Hydra's command line, an unknown experiment or net one line."""
-    if (bad := check_choices(sys.argv[1:], config_dir())) is not None:
-        print(f"error: {bad}", file=sys.stderr)
-        sys.exit(2)
-    main()
 
 
-if __name__ == "__main__":
-    cli()

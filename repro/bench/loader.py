@@ -5,14 +5,14 @@ Pipelines, measured in one run on the same files:
   reference  the ImageNet path before 2026-12, the way torchvision's references write it: PIL decode,
              torchvision's PIL transforms (resize, crop, flip), float32, lighting and mean per image in the
              worker (`reference_view`, on the same draws), float32 crops through shared memory and the copy.
-  <decoder>  ours (repro.imagenet): the tensor decoder (torchcodec, torchvision) or PIL in the worker,
+  <decoder>  ours (repro.data.imagenet): the tensor decoder (torchcodec, torchvision) or PIL in the worker,
              resize/crop/flip there, uint8 crops handed over, float/lighting/mean once per batch on the device.
   cuda       (CUDA only) workers read bytes; the batch is decoded on the GPU (nvJPEG).
 Image sets: the ImageFolder given (e.g. the shared Imagenette sample, 224x224 files of ~10 KB) and generated
 ImageNet-sized JPEGs (500x375, quality 95, 4:4:4 chroma; ImageNet's files average ~110 KB), which cost
 what real ImageNet files cost to decode and resize.
 
-    python -m repro.bench_loader [--imagenet DIR] [--out plots/bench_loader.json]   (make bench includes it)
+    python -m repro.bench.loader [--imagenet DIR] [--out plots/bench_loader.json]   (make bench includes it)
 """
 from __future__ import annotations
 
@@ -26,11 +26,26 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .bench import isolated, measure_imagenet, write_json
-from .errors import command
-from .imagenet import (CROP, EIGVAL, EIGVEC, LIGHTING_STD, MEAN, Draw, Samples, StepSampler, StreamDataset,
-                       collate_mixed, decode_batch_on_device, draw, folder_samples, resolve_decoder,
-                       resolve_workers, tail)
+from repro.bench.common import isolated, measure_imagenet, write_json
+from repro.data.imagenet import (
+    CROP,
+    EIGVAL,
+    EIGVEC,
+    LIGHTING_STD,
+    MEAN,
+    Draw,
+    Samples,
+    StepSampler,
+    StreamDataset,
+    collate_mixed,
+    decode_batch_on_device,
+    draw,
+    folder_samples,
+    resolve_decoder,
+    resolve_workers,
+    tail,
+)
+from repro.errors import command
 
 IMAGENET_SIZE = (500, 375)  # ImageNet's typical full-size JPEG (width, height)
 
@@ -165,7 +180,7 @@ def loader_rows(imagenet: Path | None, device: torch.device, generated: int = 96
 
 @command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m repro.bench_loader", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m repro.bench.loader", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--imagenet", type=Path, default=None, help="an ImageFolder root (e.g. ../shared/data/imagenette)")
     p.add_argument("--device", default="auto")

@@ -1,7 +1,7 @@
 """Optional trackers, `logger=none|tensorboard|wandb`: each evaluation row of metrics.csv also sent to
 TensorBoard or Weights & Biases, to watch a sweep live. metrics.csv stays the record; a tracker is a view of it.
 
-A tracker gets a row only once the checkpoint after that row is on disk (repro.recorder), so a resumed run
+A tracker gets a row only once the checkpoint after that row is on disk (repro.train.recorder), so a resumed run
 never has to take a row back; meta.json's `tracked_step` says how far it got, and a resume first sends the
 kept rows it had not (at most the last one, when a kill came between the checkpoint and the send). TensorBoard
 also writes a purge step at every start, so a row sent twice is shown once. Rank 0 only; one call per
@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from .results import read_meta, read_metrics
-from .rundir import update_meta
-from .runtime import ConfigError
+from repro.errors import ConfigError
+from repro.results import METRICS, read_meta, read_metrics
+from repro.train.rundir import update_meta
 
 # metrics.csv column -> scalar tag (errors and losses grouped, so train and test sit side by side)
 TAGS = {"train_err": "err/train", "test_err": "err/test", "val_err": "err/val", "train_loss": "loss/train",
@@ -126,6 +126,6 @@ def open_tracker(logger: Any, run_dir: Path, config: dict, step: int) -> Tracker
         update_meta(run_dir, tracker_id=run_id)
         sink = WandB(logger, run_dir, config, run_id)
     tracker = Tracker(sink, run_dir)
-    kept = read_metrics(run_dir / "metrics.csv").to_dict("records") if step else []
+    kept = read_metrics(run_dir / METRICS).to_dict("records") if step else []
     tracker.send([r for r in kept if done < int(r["step"]) <= step])
     return tracker

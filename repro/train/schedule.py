@@ -2,7 +2,7 @@
 can drift. The loop keeps the little state there is (warm-up done, plateau decays) in its checkpoint."""
 from __future__ import annotations
 
-from .checkpoint import State
+from repro.train.checkpoint import State
 
 
 def lr_at(step: int, optim, warming_up: bool = False, decays: int = 0) -> float:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .data import ImageData, normalize
-from .models import Block, ResNet
-from .results import EXPLAIN_COLUMNS
+from repro.data.cifar import ImageData, normalize
+from repro.models import Block, ResNet
+from repro.results import EXPLAIN_COLUMNS
 
 COLUMNS = ["layer", "std", *EXPLAIN_COLUMNS]  # responses.csv (its reader: repro.results.read_responses)
 

@@ -1,7 +1,8 @@
 """The command line of the figures, tables and report (`python -m repro.plots ...`, which calls this).
 
     python -m repro.plots fig6              # one artefact, from the default experiments under results/
-    python -m repro.plots all               # every artefact + plots/report.md, report.html, verdicts.csv
+    python -m repro.plots all               # every artefact + plots/report.md, report.html, verdicts.csv; and
+                                            # every other experiment under results/ into plots/<experiment>/
     python -m repro.plots all --results results/my_sweep --out plots/my_sweep
     python -m repro.plots fig6 --protocol "8000 it, JPEG-derived copy, bf16, eval every 250"
     python -m repro.plots gaps --results RUN_A RUN_B
@@ -16,16 +17,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import command
-from .results import ResultsError, curve_gaps, read_metrics
-from .verdicts import NOISE_FLOOR
+from repro.errors import ResultsError, command
+from repro.plots.registry import ARTEFACTS, check_inputs, render
+from repro.plots.report import write_every_report, write_report
+from repro.plots.verdicts import NOISE_FLOOR
+from repro.results import METRICS, curve_gaps, read_metrics
 
 
 @command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
-    from .plots import ARTEFACTS, check_inputs, render
-    from .report import write_report
-
     p = argparse.ArgumentParser(prog="python -m repro.plots", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=[*ARTEFACTS, "all", "report", "demo", "gaps"],
@@ -53,16 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "gaps":
             if len(args.results or []) != 2:
                 raise ResultsError("gaps compares two runs: --results RUN_A RUN_B (run folders)")
-            a, b = (read_metrics(Path(r) / "metrics.csv") for r in args.results)
+            a, b = (read_metrics(Path(r) / METRICS) for r in args.results)
             for col, (mean, top) in curve_gaps(a, b).items():
                 print(f"{col:>10}: mean |gap| {mean:.4f}, max {top:.4f} over {len(a)} evaluations")
         elif args.what in ("all", "report", "demo"):
-            if args.what == "demo":
-                check_inputs(args.root, [], args.results or [args.root], args.protocol)
+            if args.what != "demo" and args.results is None:  # the whole tree, each experiment present
+                paths = write_every_report(args.root, args.out, ylim, args.protocol, args.noise_floor)
             else:
-                check_inputs(args.root, list(ARTEFACTS), args.results, args.protocol)
-            paths = write_report(args.root, args.out, args.results, ylim, demo=args.what == "demo",
-                                 protocol=args.protocol, floor=args.noise_floor)
+                paths = write_report(args.root, args.out, args.results, ylim, demo=args.what == "demo",
+                                     protocol=args.protocol, floor=args.noise_floor)
             print("\n".join(f"wrote {p}" for p in paths))
         else:
             check_inputs(args.root, [args.what], args.results, args.protocol)
