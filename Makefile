@@ -18,7 +18,7 @@ LAUNCHER ?= $(shell $(PY) -c "import torch; print('pack' if torch.cuda.is_availa
 LAUNCH = $(if $(filter pack,$(LAUNCHER)),hydra/launcher=pack,hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock test test-all demo data cifar reference figures report bench bench-gpu gpu-check clean
+.PHONY: help install lock test test-all demo data cifar reference figures report bench bench-gpu gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -82,7 +82,13 @@ bench: install  ## throughput of our pipeline vs the standard one on this device
 bench-gpu: install  ## one GPU: eager vs CUDA-graphed vs packed steps, Fig. 6 / CIFAR projections -> plots/bench_<gpu>.json
 	$(PY) -m repro.bench.gpu
 
-gpu-check: install  ## the prepared GPU session: tests/test_cuda.py, bench-gpu (FULL=1: then 64k ResNet-20/56)
+# what a lent GPU machine lacks (it has torch, pandas, matplotlib; no internet): the locked versions as wheels in
+# .whl/ (antlr4 4.9.3 exists only as a source distribution: pip builds its wheel here). Carry .whl to the machine.
+GPU_WHEELS = antlr4-python3-runtime hydra-core omegaconf hydra-joblib-launcher joblib pyyaml
+gpu-wheels: install  ## the wheels a lent GPU machine lacks, at the locked versions, into .whl/ (.ci/gpu-check)
+	$(PY) -m pip wheel -q --no-deps -w .whl $(foreach p,$(GPU_WHEELS),$$(grep -oiE '^$(p)==[^ ]+' requirements.lock))
+
+gpu-check: install  ## the prepared GPU session: tests/test_cuda.py (graph tests first), bench-gpu (FULL=1: 64k ResNet-20/56)
 	OUT=$${OUT:-plots/gpu-check} PY=$(PY) bash .ci/gpu-check
 
 figures: install  ## every figure and table from results/ into plots/ (and the report)

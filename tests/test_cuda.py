@@ -1,4 +1,4 @@
-"""What only a GPU can show: the CUDA path of the training loop for real — bf16 autocast and channels_last as
+"""What only a GPU can show (the graph tests first: .ci/gpu-check runs this file in this order): the CUDA path of the training loop for real — bf16 autocast and channels_last as
 `fast=auto` picks them there, a bit-exact kill-and-resume with `deterministic=true` (docs/gpus-and-clusters.md),
 the logged test error equal to the saved model's, a CUDA checkpoint resumed on the CPU, and a run
 under torchrun. They skip on a machine without CUDA (CI, this project's CPU machines); docs/gpus-and-clusters.md
@@ -10,6 +10,7 @@ import torch
 from conftest import compose, train_process
 
 from repro.results import read_meta
+from repro.train.step import CHECKED
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -72,7 +73,8 @@ def test_a_run_preempted_on_the_gpu_finishes_on_the_cpu(tmp_path, generated_cifa
     """The checkpoint holds CPU tensors: a cluster job cut off on a GPU can be finished anywhere."""
     p = go(tmp_path, generated_cifar, fault="term:27")
     assert read_meta(tmp_path / "r" / RUN)["status"] == "preempted", p.stderr[-2000:]
-    again = go(tmp_path, generated_cifar, "device=cpu", "threads=2")
+    again = go(tmp_path, generated_cifar, "device=cpu", "threads=2", "fast.bf16=true")  # bf16 as it started, even
+    # on a CPU without native bf16 (emulated: slower, the same arithmetic), where fast=auto would refuse the resume
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming" in again.stdout and list(metrics(tmp_path).step) == [20, 40, 60]
 
@@ -93,7 +95,7 @@ def test_a_graphed_run_gives_the_eager_runs_csv_across_the_lr_drops(tmp_path, ge
     eager = go(tmp_path, generated_cifar, "deterministic=true", "fast.graph=false")
     assert eager.returncode == 0, eager.stderr[-2000:]
     assert read_meta(tmp_path / "r" / RUN)["step"] == "eager"
-    assert read_meta(deterministic_run / "r" / RUN)["step"] == "cuda graph"  # fast=auto on CUDA
+    assert read_meta(deterministic_run / "r" / RUN)["step"] == CHECKED  # fast=auto on CUDA
     pd.testing.assert_frame_equal(metrics(deterministic_run), metrics(tmp_path), check_exact=True)
 
 
@@ -105,7 +107,7 @@ def test_the_warm_up_exit_recaptures_and_matches_the_eager_run(tmp_path, generat
         p = go(results, generated_cifar, "deterministic=true", f"fast.graph={graph}", *warm)
         assert p.returncode == 0 and "warm-up done at step" in p.stdout, p.stderr[-2000:]
         runs[graph] = (metrics(results), read_meta(results / "r" / RUN))
-    assert runs["true"][1]["step"] == "cuda graph" and runs["false"][1]["step"] == "eager"
+    assert runs["true"][1]["step"] == CHECKED and runs["false"][1]["step"] == "eager"
     assert runs["true"][1]["warmup_exit_step"] == runs["false"][1]["warmup_exit_step"]
     pd.testing.assert_frame_equal(runs["true"][0], runs["false"][0], check_exact=True)
 
@@ -125,5 +127,53 @@ def test_a_packed_group_on_streams_gives_each_run_its_csv_alone(tmp_path, genera
     for name in nets.values():
         alone, packed = (pd.read_csv(tmp_path / where / "r" / name / "metrics.csv").drop(columns="wall_time")
                          for where in ("alone", "pack"))
-        assert read_meta(tmp_path / "pack" / "r" / name)["step"] == "cuda graph"
+        assert read_meta(tmp_path / "pack" / "r" / name)["step"] == CHECKED
         pd.testing.assert_frame_equal(packed, alone, check_exact=True)
+
+
+def test_a_staggered_pack_on_streams_gives_each_run_its_csv_alone(tmp_path, generated_cifar):
+    """Three nets, two at a time, one of them shorter: graphs are captured, freed and replayed out of step on
+    their own streams (each owns its cuBLAS workspace), and every run still gives its CSV alone."""
+    nets = {"resnet-20": "cifar10-resnet-20-s0", "resnet-32": "cifar10-resnet-32-s0", "plain-20": "cifar10-plain-20-s0"}
+    base = [a for a in ARGS if a != "exp=smoke"] + ["data.train_size=1000", "data.test_size=500",
+                                                     "data.eval_batch_size=500", "optim.batch_size=32",
+                                                     "deterministic=true"]
+    short = {"plain-20": ["optim.total_steps=20", "eval_every=10"]}
+    for net in nets:
+        p = train_process([*base, f"+net={net}", *short.get(net, []), f"results_dir={tmp_path / 'alone' / net}",
+                           f"data.root={generated_cifar}"])
+        assert p.returncode == 0, p.stderr[-2000:]
+    from repro.train.pack import Job, train_pack  # in this process: one run may be shorter than the others
+
+    jobs = [Job(compose([*base, f"+net={net}", *short.get(net, []), f"results_dir={tmp_path / 'staggered'}",
+                         f"data.root={generated_cifar}"])) for net in ("resnet-20", "plain-20", "resnet-32")]
+    assert train_pack(jobs, runs_at_once=2) == ["done", "done", "done"]
+    for net, name in nets.items():
+        alone, packed = (pd.read_csv(tmp_path / where / "r" / name / "metrics.csv").drop(columns="wall_time")
+                         for where in (f"alone/{net}", "staggered"))
+        assert read_meta(tmp_path / "staggered" / "r" / name)["step"] == CHECKED
+        pd.testing.assert_frame_equal(packed, alone, check_exact=True)
+
+
+def test_a_graph_that_fails_its_capture_falls_back_to_eager_and_gives_the_eager_csv(tmp_path, generated_cifar,
+                                                                                   deterministic_run):
+    p = go(tmp_path, generated_cifar, "deterministic=true", fault="capture:3")  # the first capture (WARMUP)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "CUDA graph not used: capture failed (injected capture failure at step 3)" in p.stdout
+    assert read_meta(tmp_path / "r" / RUN)["step"].startswith("eager (graph check failed: capture failed")
+    eager = go(tmp_path / "eager", generated_cifar, "deterministic=true", "fast.graph=false")
+    assert eager.returncode == 0, eager.stderr[-2000:]
+    pd.testing.assert_frame_equal(metrics(tmp_path), metrics(tmp_path / "eager"), check_exact=True)
+
+
+@pytest.mark.parametrize("net", ["plain-20", "plain-32", "plain-44", "plain-56", "resnet-20", "resnet-32", "resnet-44",
+                                 "resnet-56", "resnet-110"])
+def test_the_graph_check_passes_on_every_net_of_fig6(tmp_path, generated_cifar, net):
+    """deterministic=false, as users run: the graph's step within GRAPH_RTOL of the eager step at each capture."""
+    args = [a for a in ARGS if a != "exp=smoke"] + ["data.train_size=1000", "data.test_size=100",
+                                                     "data.eval_batch_size=100", "optim.total_steps=12",
+                                                     "eval_every=6", "optim.milestones=[0.5]", f"+net={net}"]
+    p = train_process([*args, f"results_dir={tmp_path}", f"data.root={generated_cifar}"])
+    assert p.returncode == 0 and "CUDA graph not used" not in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
+    (run_dir,) = (tmp_path / "r").iterdir()
+    assert read_meta(run_dir)["step"] == CHECKED

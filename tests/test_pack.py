@@ -75,3 +75,31 @@ def test_a_run_that_diverges_or_fails_in_a_group_is_marked_and_the_others_go_on(
     assert "CIFAR-10 not found in /nonexistent" in (tmp_path / "hy" / "1" / "FAILED").read_text()
     assert not (tmp_path / "p" / NETS["resnet-20"]).exists()  # bad input wrote nothing
     pd.testing.assert_frame_equal(csv(tmp_path, NETS["plain-20"]), alone["plain-20"])
+
+
+def test_a_staggered_pack_gives_each_run_the_csv_it_gives_alone(tmp_path, generated_cifar, alone):
+    """Three runs two at a time, one of them shorter: runs start and end out of step (a finished run's slot
+    is taken by the next), and each still gives its CSV alone. (On CUDA each run is a graph on its own stream:
+    tests/test_cuda.py runs the same there.)"""
+    from repro.train.pack import Job, train_pack
+
+    common = [*BASE, f"results_dir={tmp_path}", f"data.root={generated_cifar}"]
+    short = [*common, "+net=plain-20", "exp_name=short", "optim.total_steps=20"]
+    jobs = [Job(compose([*common, "+net=resnet-20"])), Job(compose(short)), Job(compose([*common, "+net=resnet-32"]))]
+    assert train_pack(jobs, runs_at_once=2) == ["done", "done", "done"]
+    for net in ("resnet-20", "resnet-32"):
+        pd.testing.assert_frame_equal(csv(tmp_path, NETS[net]), alone[net])
+    assert run(compose([*short, f"results_dir={tmp_path / 'alone'}"])) == "done"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "short" / NETS["plain-20"] / "metrics.csv").drop(columns="wall_time"),
+                                  pd.read_csv(tmp_path / "alone" / "short" / NETS["plain-20"] / "metrics.csv")
+                                  .drop(columns="wall_time"))
+
+
+def test_a_pack_refuses_process_wide_settings_that_differ_in_one_line_writing_nothing(tmp_path, generated_cifar):
+    out = pack(tmp_path, generated_cifar, "threads=1,2")  # a sweep over a process-wide setting
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: hydra/launcher=pack runs every run in one process, but threads differs between "
+                           "them (1, 2)") and "separate sweeps" in line
+    assert not (tmp_path / "p").exists()  # no run folder; the sweep folder holds Hydra's own multirun.yaml alone
+    assert [f.name for f in (tmp_path / "hy").iterdir()] == ["multirun.yaml"]

@@ -42,6 +42,7 @@ from repro.bench.common import (
     tflops,
     write_json,
 )
+from repro.bench.loader import loader_rows
 from repro.data.cifar import find_cifar_dir, make_synthetic, write_cifar_format
 from repro.errors import command
 from repro.models import build_model, count_macs
@@ -130,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ResNet-' + str(depth):>10}: ours {r['images_per_s']:8.1f} img/s (batch {inet_batch}, {r['data']})",
               flush=True)
     if args.loader:
-        from repro.bench.loader import loader_rows
-
         report["imagenet_loader"] = isolated(loader_rows, args.imagenet, device, repeats=1 if args.quick else 3)
     write_json(args.out, report)
     print(f"wrote {args.out}")

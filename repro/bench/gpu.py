@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import statistics
 import time
 import traceback
@@ -170,6 +171,23 @@ def section(report: dict, key: str, fn):
         return None
 
 
+GPU_MODEL = re.compile(r"\b([A-Z]{1,2}\d{1,4}[A-Z]?)\b")  # H100, H200, A100, L40S, V100, T4
+
+
+def gpu_model(device_name: str) -> str:
+    """The GPU's model for file names: 'NVIDIA H100 80GB HBM3' -> 'h100', 'NVIDIA A100-SXM4-80GB' -> 'a100',
+    'NVIDIA GeForce RTX 4090' -> 'rtx4090' (a number alone is joined to the word before it)."""
+    words = device_name.replace("-", " ").replace("_", " ").split()
+    for w in words:
+        if GPU_MODEL.fullmatch(w):
+            return w.lower()
+    numbered = [i for i, w in enumerate(words) if w.isdigit()]
+    if numbered:
+        i = numbered[0]
+        return (words[i - 1] + words[i]).lower() if i else words[i]
+    return words[-1].lower() if words else "gpu"
+
+
 @command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.bench.gpu", description=__doc__,
@@ -185,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if cuda:  # the captures happen on the current device's streams: make it the one measured
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+        torch.cuda.set_device(device)
     configure_backends(device, deterministic=False)
     gpu = torch.cuda.get_device_name(device) if cuda else f"cpu {platform.machine()}"
-    out = args.out or Path("plots") / f"bench_{gpu.split()[-1].lower() if cuda else 'cpu'}.json"
+    out = args.out or Path("plots") / f"bench_{gpu_model(gpu) if cuda else 'cpu'}.json"
     nets = parse_nets(args.nets) if args.nets else FIG6_NETS
     t_start = time.perf_counter()
     kwargs = {"name": "cifar10", "root": args.cifar10} if args.cifar10 else {"name": "synthetic", "root": "."}

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.errors import ConfigError
 from repro.models import SHORTCUTS, arch_for
+from repro.train.trackers import check
 
 
 def validate(cfg: DictConfig, world: int = 1) -> None:
@@ -42,8 +43,6 @@ def validate(cfg: DictConfig, world: int = 1) -> None:
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     if cfg.get("logger") is not None:
-        from repro.train.trackers import check
-
         check(cfg.logger.name)  # an unknown tracker or a missing package: one line now, not after training
 
 

@@ -30,7 +30,7 @@ from repro.train.run import Run, Trainee
 from repro.train.runtime import all_reduce, distributed, sync_buffers
 from repro.train.schedule import lr_at, plateau_step, uses_warmup
 from repro.train.signals import SignalFlag, fault_point
-from repro.train.step import make_step
+from repro.train.step import bn_counter_check, make_step
 from repro.train.sweep import is_multirun, mark_interrupted
 
 AGREE_EVERY = 10  # data-parallel: steps between the ranks' votes on a preemption signal (a stop within 10 steps)
@@ -77,8 +77,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder,
                            dtype=torch.float64)
     sums, wsums = windows[0], windows[1, 1:]
     step_row = state.step
-    step = make_step(t, src, windows, o.splits, state.step, device, name)  # eager, or one CUDA graph
-    rec.note(step=step.kind)
+    step = make_step(t, src, windows, o.splits, state.step, device, name, rec.note)  # eager, or one CUDA graph
     # the reliability tests' fault points (REPRO_FAULT): looked up once, nothing per step in normal use
     faults = ("raise", "kill", "term", "stop", "term_launcher", "kill_launcher", "int", "int2") \
         if os.environ.get("REPRO_FAULT") else ()
@@ -99,6 +98,8 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder,
                       f"{o.warmup_until_err}): lr back to the schedule's {lr_at(state.step, o, False, state.decays)}",
                       flush=True)
         if state.step % cfg.eval_every == 0 or state.step == o.total_steps:
+            if (broken := bn_counter_check(t.model, state.step, o.splits)) is not None:
+                raise RuntimeError(f"the training step is not the eager one ({step.kind}): {broken}")
             row = evaluate(t.net, src, sums, state.step, lr, o.batch_size)
             rec.row(row, step_row)
             sums.zero_()

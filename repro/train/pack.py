@@ -25,8 +25,9 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from repro.data.cifar import ImageData, load_image_data
-from repro.errors import ConfigError
+from repro.errors import USER_ERRORS, ConfigError, exit_code
 from repro.train.config import validate
+from repro.train.loop import train
 from repro.train.run import Run, run_dir_for
 from repro.train.runtime import resolve_device
 from repro.train.signals import SignalFlag
@@ -66,19 +67,33 @@ def on_stream(stream):
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
+# Settings that are the process's, not a run's: torch's deterministic mode and cuDNN's flags (from
+# `deterministic`), the CPU thread count, the CPU allocator's tuning (fast.cpu_allocator)
+PROCESS_SETTINGS = ("deterministic", "threads", "fast.cpu_allocator")
+
+
+def one_process_settings(jobs: Sequence[Job]) -> None:
+    """Refuse a pack whose runs ask for different process-wide settings (the last run started would silently
+    set them for all), before anything is written."""
+    for key in PROCESS_SETTINGS:
+        values = {str(OmegaConf.select(job.cfg, key)) for job in jobs}
+        if len(values) > 1:
+            raise ConfigError(f"hydra/launcher=pack runs every run in one process, but {key} differs between them "
+                              f"({', '.join(sorted(values))}) and is the process's, not a run's: set {key} the same "
+                              f"for all, or launch them as separate sweeps")
+
+
 def train_pack(jobs: Sequence[Job], runs_at_once: int) -> list[str]:
     """Train `jobs` in this process, `runs_at_once` at a time, each step of each run in turn; their statuses
     ('done', 'diverged', 'failed', 'error' for bad input, 'preempted'). A run that fails is marked and the
     others go on; a preemption signal checkpoints every running run, then ends the process as the signal
     asks (the rerun resumes them all)."""
-    from repro.errors import USER_ERRORS
-    from repro.train.loop import train
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("hydra/launcher=pack runs a sweep's runs in one process on one device; it does not "
                           "combine with torchrun (data-parallel runs: use the basic or slurm launcher)")
     if runs_at_once < 1:
         raise ConfigError(f"hydra.launcher.runs_at_once={runs_at_once}; it must be at least 1")
+    one_process_settings(jobs)
     statuses: dict[int, str] = {}
     pending, active = deque(enumerate(jobs)), []
     cache: dict = {}  # the shared data sets
@@ -174,8 +189,13 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             del task_cfg["hydra"]
         jobs.append(Job(task_cfg, mark_dir, " ".join(filter_overrides(overrides))))
         hydra_cfgs.append(hydra_cfg)
-    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    statuses = train_pack(jobs, launcher.runs_at_once)
+    try:
+        one_process_settings(jobs)  # before the sweep folder is made: nothing written
+        Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        statuses = train_pack(jobs, launcher.runs_at_once)
+    except USER_ERRORS as e:  # the pack's own bad input (Hydra would print a traceback): one line, exit 2
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(exit_code(e))
     return [JobReturn(overrides=list(o), cfg=j.cfg, hydra_cfg=h, working_dir=os.getcwd(), task_name="train",
                       status=JobStatus.COMPLETED, _return_value=s)
             for o, j, h, s in zip(job_overrides, jobs, hydra_cfgs, statuses)]

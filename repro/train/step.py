@@ -10,20 +10,36 @@ and the running sums — so a step is one replay. What keeps a graphed run's num
 - the first WARMUP steps run eagerly on a side stream (fused SGD's first step makes the momentum buffers;
   cuDNN's autotuning picks its kernels), and they are real steps: a capture executes nothing, the replay
   that follows it is the step;
-- BN's running statistics and counters are updated in place inside the graph, as the eager step does.
+- BN's running statistics and counters are updated in place inside the graph, as the eager step does;
+- each GraphStep captures on a stream of its own, with PyTorch's cuBLAS workspaces cleared before each capture,
+  so that every graph owns its workspace (graphs captured on one stream share it: PyTorch issue 193402) and
+  the runs of a pack, replayed concurrently on their streams, never race on one or outlive its owner;
+- a graph is trusted only after a check (check_graph): at each capture, from the same state, one eager step
+  and one replay must agree (bit for bit with deterministic=true, else within GRAPH_RTOL on every parameter's
+  and momentum buffer's update, exactly on BN's counters and the draw counter); the state is restored in place
+  between them. On a mismatch or a capture error the run says so in one line, records
+  `step: "eager (graph check failed: ...)"` in meta.json and steps eagerly from there.
 Evaluation stays eager (the parameters are the same tensors). Where a graph cannot be used (CPU, DDP, data
 from loader workers, torch.compile) the run says why once and steps eagerly.
 """
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from repro.data.sources import Source
+from repro.train.signals import fault_point
 
 WARMUP = 3  # eager steps before the first capture
+CHECKED = "cuda graph (checked against the eager step at each capture)"  # meta.json's `step` once trusted
+# A graph's step against the eager step from the same state, deterministic=false: cuDNN may pick other kernels
+# inside a capture, so float updates may differ in their last bits, never by this much. Set before any GPU run
+# of the check (docs/gpus-and-clusters.md); a wrong graph (an update skipped, the lr applied twice, BN frozen)
+# moves an update by 100% or more.
+GRAPH_RTOL = 0.05
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -64,17 +80,76 @@ class EagerStep:
         train_step(self.t.step_net, self.t.opt, *next(self.batches), self.sums, self.splits, self.no_sync)
 
 
+def step_tensors(t, sums: torch.Tensor, counter: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Every tensor a training step changes, by name: parameters, BN's running statistics and counters,
+    the momentum buffers, the running sums and the draw window's counter."""
+    named = {f"param {n}": p for n, p in t.model.named_parameters()}
+    named |= {f"buffer {n}": b for n, b in t.model.named_buffers()}
+    for n, p in t.model.named_parameters():
+        buf = t.opt.state.get(p, {}).get("momentum_buffer")
+        if isinstance(buf, torch.Tensor):
+            named[f"momentum {n}"] = buf
+    named["sums"] = sums
+    if counter is not None:
+        named["draw counter"] = counter
+    return named
+
+
+def compare_steps(before: dict[str, torch.Tensor], eager: dict[str, torch.Tensor], graph: dict[str, torch.Tensor],
+                  exact: bool, rtol: float = GRAPH_RTOL) -> str | None:
+    """Why a graph's step is not the eager step from the same state (`before`), or None when it is: integer
+    tensors (BN's num_batches_tracked, the draw counter) exactly; float tensors bit for bit when `exact`, else
+    each tensor's update (after - before) within `rtol` of the eager update's norm."""
+    for name, e in eager.items():
+        g, b = graph[name], before[name]
+        if not e.is_floating_point() or exact:
+            if not torch.equal(e, g):
+                return f"{name} differs" + ("" if e.is_floating_point() else f" ({g.tolist()} vs eager {e.tolist()})")
+            continue
+        step_e, step_g = (e - b).double(), (g - b).double()
+        gap, scale = (step_g - step_e).norm().item(), step_e.norm().item()
+        if not gap <= rtol * scale + 1e-12:  # also catches NaN
+            return f"{name}'s update differs by {gap / max(scale, 1e-30):.2g} of its size (tolerance {rtol:g})"
+    return None
+
+
+def check_graph(state: dict[str, torch.Tensor], eager_step: Callable[[], None], graph_step: Callable[[], None],
+                exact: bool) -> str | None:
+    """One eager step and one graph step from the same state, compared (compare_steps). The state is left as the
+    graph step made it when they agree, as the eager step made it when they do not (so the run goes on from a
+    correct step either way); returns the mismatch, or None."""
+    def restore(saved: dict[str, torch.Tensor]) -> None:  # in place: the graph's addresses stay
+        with torch.no_grad():
+            for k, v in state.items():
+                v.copy_(saved[k])
+
+    before = {k: v.detach().clone() for k, v in state.items()}
+    eager_step()
+    eager = {k: v.detach().clone() for k, v in state.items()}
+    restore(before)
+    graph_step()
+    reason = compare_steps(before, eager, {k: v.detach() for k, v in state.items()}, exact)
+    if reason is not None:
+        restore(eager)
+    return reason
+
+
 class GraphStep:
-    """The whole step as one CUDA graph (module docstring)."""
+    """The whole step as one CUDA graph (module docstring). `note(**fields)` records what the step is in
+    meta.json once it is known (after the first check)."""
 
     kind = "cuda graph"
 
-    def __init__(self, t, src: Source, sums: torch.Tensor, splits: int):
-        self.t, self.stream, self.sums, self.splits = t, src.stream, sums, splits
+    def __init__(self, t, src: Source, sums: torch.Tensor, splits: int, start: int,
+                 note: Callable[..., None] = lambda **fields: None, name: str = ""):
+        self.t, self.src, self.stream, self.sums, self.splits = t, src, src.stream, sums, splits
+        self.start, self.note, self.name = start, note, name
         self.graph: torch.cuda.CUDAGraph | None = None
         self.lr: float | None = None
         self.eager_left = WARMUP
+        self.eager: EagerStep | None = None  # the fallback, after a failed check
         self.side = torch.cuda.Stream(device=sums.device)
+        self.capture_stream = torch.cuda.Stream(device=sums.device)  # this graph's own (module docstring)
         if torch.are_deterministic_algorithms_enabled():
             # deterministic mode fills every new tensor with NaN (extra kernels in every replay); nothing here
             # reads memory it has not written
@@ -84,25 +159,69 @@ class GraphStep:
         x, y = self.stream.take()
         train_step(self.t.step_net, self.t.opt, x, y, self.sums, self.splits)
 
+    def _eager_on_side(self) -> None:
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            self._step()
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def _capture(self, step: int) -> torch.cuda.CUDAGraph:
+        fault_point("capture", step)  # the tests' forced capture error (REPRO_FAULT=capture:<step>)
+        graph = torch.cuda.CUDAGraph()
+        self.t.opt.zero_grad(set_to_none=True)  # the gradients are made inside the capture, in its pool
+        torch._C._cuda_clearCublasWorkspaces()  # this capture allocates its own cuBLAS workspace, in its pool
+        with torch.cuda.graph(graph, stream=self.capture_stream):
+            self._step()
+        return graph
+
+    def _fall_back(self, step: int, lr: float, reason: str) -> None:
+        """From this step on, eager (the step itself already taken, correctly, by the check or not at all)."""
+        print(f"[{self.name}] CUDA graph not used: {reason}; stepping eagerly from step {step}", flush=True)
+        self.note(step=f"eager (graph check failed: {reason})")
+        self.graph, self.kind = None, "eager"
+        self.eager = EagerStep(self.t, self.src, self.sums, self.splits, step + 1)
+
     def __call__(self, step: int, lr: float) -> None:
+        if self.eager is not None:
+            return self.eager(step, lr)
         self.stream.prepare(step)  # outside the graph: may upload the next window of draws
+        set_lr(self.t.opt, lr)
         if self.eager_left:
-            set_lr(self.t.opt, lr)
-            self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
-                self._step()
-            torch.cuda.current_stream().wait_stream(self.side)
+            self._eager_on_side()
             self.eager_left -= 1
             return
-        if lr != self.lr:
-            self.graph = None  # the previous lr's capture (its memory) goes before the next one is made
+        if lr == self.lr:
+            self.graph.replay()
+            return
+        self.graph = None  # the previous lr's capture (its memory) goes before the next one is made
+        state = step_tensors(self.t, self.sums, self.stream.pos)
+        try:
+            graph = self._capture(step)
+            reason = check_graph(state, self._eager_on_side, graph.replay, torch.are_deterministic_algorithms_enabled())
+        except RuntimeError as e:  # a capture error: nothing of this step ran (captures execute nothing)
+            self.stream.prepare(step)
             set_lr(self.t.opt, lr)
-            graph = torch.cuda.CUDAGraph()
-            self.t.opt.zero_grad(set_to_none=True)  # the gradients are made inside the capture, in its pool
-            with torch.cuda.graph(graph):
-                self._step()
-            self.graph, self.lr = graph, lr
-        self.graph.replay()
+            self._fall_back(step, lr, f"capture failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+            self.eager(step, lr)
+            return
+        if reason is not None:
+            self._fall_back(step, lr, reason)
+            return
+        if self.lr is None:
+            self.note(step=CHECKED)
+        self.graph, self.lr = graph, lr
+
+
+def bn_counter_check(model: torch.nn.Module, steps: int, splits: int) -> str | None:
+    """The free invariant of a correct step, checked at every evaluation row: each BN layer has counted one
+    training batch per chunk per step (num_batches_tracked == steps x splits; evaluation runs in eval mode and
+    counts none). A step that skips BN's update (a wrong CUDA graph) breaks it. Why not, or None."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
+            if (n := int(m.num_batches_tracked)) != steps * splits:
+                return (f"BN layer {name} has counted {n} training batches after {steps} steps of {splits} "
+                        f"chunk(s), not {steps * splits}")
+    return None
 
 
 def why_not_graph(t, src: Source, device: torch.device) -> str | None:
@@ -119,12 +238,13 @@ def why_not_graph(t, src: Source, device: torch.device) -> str | None:
 
 
 def make_step(t, src: Source, sums: torch.Tensor, splits: int, start: int, device: torch.device,
-              name: str) -> EagerStep | GraphStep:
+              name: str, note: Callable[..., None] = lambda **fields: None) -> EagerStep | GraphStep:
     """The step this run uses: a CUDA graph when fast.graph asks and it can be used, else eager (saying why
-    once when a graph was asked for)."""
+    once when a graph was asked for). `note(**fields)` records in meta.json what the step is, when known."""
     if t.graph:
         reason = why_not_graph(t, src, device)
         if reason is None:
-            return GraphStep(t, src, sums, splits)
+            return GraphStep(t, src, sums, splits, start, note, name)
         print(f"[{name}] eager step, not a CUDA graph: {reason}", flush=True)
+    note(step="eager")
     return EagerStep(t, src, sums, splits, start)
