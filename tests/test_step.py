@@ -12,9 +12,9 @@ from repro.train.run import Trainee
 from repro.train.step import bn_counter_check, check_graph, compare_steps, set_lr, step_tensors, train_step
 
 
-@pytest.fixture
-def trainee():
-    """A small net one real step into training (so the momentum buffers exist, as before any capture)."""
+def a_trainee():
+    """A small net one real step into training (so the momentum buffers exist, as before any capture), its batch
+    and running sums; the same every call."""
     torch.manual_seed(0)
     model = build_model("cifar10", 8, "A", width=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -22,6 +22,11 @@ def trainee():
     sums = torch.zeros(3, dtype=torch.float64)
     train_step(model, opt, x, y, sums)
     return Trainee(model, model, model, opt), x, y, sums
+
+
+@pytest.fixture
+def trainee():
+    return a_trainee()
 
 
 def eager(t, x, y, sums, lr=0.1):
@@ -59,21 +64,10 @@ def test_a_wrong_graph_is_caught_and_the_state_is_the_eager_steps(trainee, wrong
     assert reason is not None and reason.startswith(says), reason
     after = {k: v.clone() for k, v in state.items()}
     # the same eager step from the same start, done again on a copy, is what the run goes on from
-    torch.manual_seed(0)
-    t2, x2, y2, s2 = trainee_copy()
+    t2, x2, y2, s2 = a_trainee()
     eager(t2, x2, y2, s2)()
     for k, v in step_tensors(t2, s2, None).items():
         assert torch.equal(after[k], v), k
-
-
-def trainee_copy():
-    torch.manual_seed(0)
-    model = build_model("cifar10", 8, "A", width=4)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    sums = torch.zeros(3, dtype=torch.float64)
-    train_step(model, opt, x, y, sums)
-    return Trainee(model, model, model, opt), x, y, sums
 
 
 def test_compare_steps_tolerance_is_on_the_update_and_integers_are_exact():
