@@ -1,4 +1,4 @@
-"""Train one plain or residual net with the paper's protocol: `python -m repro.train [-m] exp=...`.
+"""The training loop, and one run driven to its end (`run`); the command over it is repro.train.__main__.
 
 A run goes one way (repro.train.run.Run): name its folder from the config alone -> skip it (done), reuse it
 (the same run, finished by another experiment), resume it or start it -> build the model -> load the data ->
