@@ -82,6 +82,8 @@ OFFICIAL_MD5 = {
 KNOWN_COPIES = {"e59f1be4": "JPEG-derived copy"}
 
 
+EMBEDDED_TASKS = ("synthetic", "deadleaves")  # the tasks made from data.synthetic_seed (repro.data.cifar.EMBEDDED)
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -121,7 +123,7 @@ def identity(config: dict, meta: dict) -> dict[str, Any]:
     if ident.get("optim.warmup_lr") is None:
         for k in WARMUP_KEYS:
             ident.pop(k, None)
-    if ident.get("data.name") != "synthetic":
+    if ident.get("data.name") not in EMBEDDED_TASKS:
         ident.pop("data.synthetic_seed", None)
     if ident.get("data.name") == "cifar10":
         ident["data.copy"] = data_copy(meta.get("data_md5"))
@@ -161,10 +163,11 @@ def deviations(ident: dict[str, Any], long: bool = False) -> list[str]:
 def _phrase(key: str, ours: Any, theirs: Any, ident: dict, long: bool) -> str:
     name = ident.get("data.name")
     if key == "data.name":
-        pretty = {"synthetic": "synthetic", "imagenette": "Imagenette", "cifar10": "CIFAR-10", "imagenet": "ImageNet"}
+        pretty = {"synthetic": "synthetic", "deadleaves": "dead leaves", "imagenette": "Imagenette", "cifar10": "CIFAR-10",
+                  "imagenet": "ImageNet"}
         return f"data: {pretty.get(ours, ours)}, not the paper's" if long else pretty.get(ours, str(ours))
     if key == "data.synthetic_seed":
-        return "" if ours == 0 else (f"synthetic task of seed {ours}" if long else f"synthetic seed {ours}")
+        return "" if ours == 0 else (f"{name} task of seed {ours}" if long else f"{name} seed {ours}")
     if key == "data.copy":
         if name not in ("cifar10",):
             return ""

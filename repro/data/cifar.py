@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from repro.data.deadleaves import make_dead_leaves
 from repro.data.seeds import seeded
 from repro.errors import DataError
 
@@ -237,16 +238,20 @@ class ImageData:
         return int(self.train_y.max().item()) + 1
 
 
+# The embedded tasks, made from data.synthetic_seed (no download): data.name -> generator
+EMBEDDED = {"synthetic": make_synthetic, "deadleaves": make_dead_leaves}
+
+
 def load_image_data(device: torch.device, *, name: str, root: str | Path, download: bool = False, url: str = CIFAR_URL,
                     synthetic_seed: int = 0, val_size: int = 0, train_size: int = 0, test_size: int = 0,
                     eval_batch_size: int | None = None) -> ImageData:
     """CIFAR-10 at `root` (downloaded there when `download` and missing), or the embedded synthetic task
-    (`name` 'synthetic'), on `device`. Called with the data config group, `load_image_data(dev, **cfg.data)`,
+    (`name` 'synthetic', or the dead-leaves task 'deadleaves': EMBEDDED), on `device`. Called with the data config group, `load_image_data(dev, **cfg.data)`,
     whose every key is a parameter here (eval_batch_size is the evaluation's, not used in loading), so a renamed
     or unknown key fails at once. Sizes 0 = all images."""
     root = Path(root).expanduser()
-    if name == "synthetic":
-        arrays, source = make_synthetic(seed=synthetic_seed), f"embedded synthetic task (seed {synthetic_seed})"
+    if name in EMBEDDED:
+        arrays, source = EMBEDDED[name](seed=synthetic_seed), f"embedded {name} task (seed {synthetic_seed})"
         md5 = None
     else:
         md5 = {}
@@ -266,7 +271,7 @@ def load_image_data(device: torch.device, *, name: str, root: str | Path, downlo
     total = sum(chunk.sum(0, dtype=torch.float64) for chunk in train_x.split(4096))
     mean = (total / len(train_x)).div(255).float()
     put = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return ImageData("synthetic" if name == "synthetic" else "cifar10", source, put(train_x), put(train_y),
+    return ImageData(name if name in EMBEDDED else "cifar10", source, put(train_x), put(train_y),
                      put(test_x), put(test_y), put(mean), put(val_x), put(val_y), md5=md5)
 
 
