@@ -9,7 +9,7 @@ import torch
 from repro.bench.gpu import gpu_model
 from repro.models import build_model
 from repro.train.run import Trainee
-from repro.train.step import bn_counter_check, check_graph, compare_steps, set_lr, step_tensors, train_step
+from repro.train.step import bn_counter_check, bn_counts, check_graph, compare_steps, set_lr, step_tensors, train_step
 
 
 def a_trainee():
@@ -82,11 +82,13 @@ def test_compare_steps_tolerance_is_on_the_update_and_integers_are_exact():
 
 
 def test_the_bn_counters_say_whether_every_step_updated_bn(trainee):
-    t, x, y, sums = trainee
-    assert bn_counter_check(t.model, steps=1, splits=1) is None
-    assert "counted 1 training batches after 1 steps of 2 chunk(s), not 2" in bn_counter_check(t.model, 1, 2)
+    t, x, y, sums = trainee  # one step taken already (a checkpoint's count, say)
+    start = bn_counts(t.model)
+    eager(t, x, y, sums)()
+    assert bn_counter_check(t.model, start, steps=1, splits=1) is None
+    assert "counted 1 training batches in 1 steps of 2 chunk(s), not 2" in bn_counter_check(t.model, start, 1, 2)
     skips_bn_update(t, x, y, sums)()
-    assert bn_counter_check(t.model, steps=2, splits=1) is not None  # a step that skipped BN is seen
+    assert bn_counter_check(t.model, start, steps=2, splits=1) is not None  # a step that skipped BN is seen
 
 
 @pytest.mark.parametrize("name,model", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),

@@ -30,7 +30,7 @@ from repro.train.run import Run, Trainee
 from repro.train.runtime import all_reduce, distributed, sync_buffers
 from repro.train.schedule import lr_at, plateau_step, uses_warmup
 from repro.train.signals import SignalFlag, fault_point
-from repro.train.step import bn_counter_check, make_step
+from repro.train.step import bn_counter_check, bn_counts, make_step
 from repro.train.sweep import is_multirun, mark_interrupted
 
 AGREE_EVERY = 10  # data-parallel: steps between the ranks' votes on a preemption signal (a stop within 10 steps)
@@ -81,6 +81,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder,
     # the reliability tests' fault points (REPRO_FAULT): looked up once, nothing per step in normal use
     faults = ("raise", "kill", "term", "stop", "term_launcher", "kill_launcher", "int", "int2") \
         if os.environ.get("REPRO_FAULT") else ()
+    bn_start, step_start = bn_counts(t.model), state.step  # what BN had counted when this process took over
     t.net.train()
     while state.step < o.total_steps:
         warming_up = warm and not state.warmup_done
@@ -98,7 +99,7 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder,
                       f"{o.warmup_until_err}): lr back to the schedule's {lr_at(state.step, o, False, state.decays)}",
                       flush=True)
         if state.step % cfg.eval_every == 0 or state.step == o.total_steps:
-            if (broken := bn_counter_check(t.model, state.step, o.splits)) is not None:
+            if (broken := bn_counter_check(t.model, bn_start, state.step - step_start, o.splits)) is not None:
                 raise RuntimeError(f"the training step is not the eager one ({step.kind}): {broken}")
             row = evaluate(t.net, src, sums, state.step, lr, o.batch_size)
             rec.row(row, step_row)

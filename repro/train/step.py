@@ -212,15 +212,21 @@ class GraphStep:
         self.graph, self.lr = graph, lr
 
 
-def bn_counter_check(model: torch.nn.Module, steps: int, splits: int) -> str | None:
-    """The free invariant of a correct step, checked at every evaluation row: each BN layer has counted one
-    training batch per chunk per step (num_batches_tracked == steps x splits; evaluation runs in eval mode and
-    counts none). A step that skips BN's update (a wrong CUDA graph) breaks it. Why not, or None."""
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
-            if (n := int(m.num_batches_tracked)) != steps * splits:
-                return (f"BN layer {name} has counted {n} training batches after {steps} steps of {splits} "
-                        f"chunk(s), not {steps * splits}")
+def bn_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Each BN layer's num_batches_tracked (the training batches it has normalised)."""
+    return {name: int(m.num_batches_tracked) for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None}
+
+
+def bn_counter_check(model: torch.nn.Module, start: dict[str, int], steps: int, splits: int) -> str | None:
+    """The free invariant of a correct step, checked at every evaluation row: since `start` (bn_counts when this
+    process began training: a resumed run's checkpoint may come from another split of the batch), each BN layer
+    has counted one training batch per chunk per step (evaluation runs in eval mode and counts none). A step that
+    skips BN's update (a wrong CUDA graph) breaks it. Why not, or None."""
+    for name, n in bn_counts(model).items():
+        if n - start[name] != steps * splits:
+            return (f"BN layer {name} has counted {n - start[name]} training batches in {steps} steps of {splits} "
+                    f"chunk(s), not {steps * splits}")
     return None
 
 
