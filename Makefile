@@ -18,7 +18,7 @@ LAUNCHER ?= $(shell $(PY) -c "import torch; print('pack' if torch.cuda.is_availa
 LAUNCH = $(if $(filter pack,$(LAUNCHER)),hydra/launcher=pack,hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock test test-all demo data cifar reference figures report bench bench-gpu gpu-wheels gpu-check clean
+.PHONY: help install lock test test-all demo data imagenette cifar reference figures report bench bench-gpu gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,7 +66,13 @@ demo: install  ## the degradation problem on CPU in minutes: CIFAR-10 if found a
 	$(PY) -m repro.demo --cifar10 $(CIFAR10)
 
 data: install  ## download CIFAR-10 (md5-checked) into $(CIFAR10)
-	$(PY) -c "from repro.data.cifar import load_cifar10; load_cifar10('$(CIFAR10)', download=True); print('CIFAR-10 ready in $(CIFAR10)')"
+	$(PY) -m repro.fetch cifar10 --root $(CIFAR10)
+
+# IMAGENETTE: where `make imagenette` puts fast.ai's Imagenette (SIZE=160px or 320px); it prints the data.root
+IMAGENETTE ?= data
+SIZE ?= 160px
+imagenette: install  ## download fast.ai's Imagenette (md5-checked, ImageFolder layout) into $(IMAGENETTE) (SIZE=160px|320px)
+	$(PY) -m repro.fetch imagenette --root $(IMAGENETTE) --size $(SIZE)
 
 cifar: install  ## the full CIFAR-10 sweeps of Fig. 6 and Table 6 (paper protocol: a GPU job; packed on CUDA)
 	for e in fig6_plain fig6_resnet table6; do \

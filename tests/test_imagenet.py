@@ -145,3 +145,53 @@ def test_two_process_gloo_run_matches_one_process_with_the_same_global_batch(tmp
     for col in ("train_loss", "train_err", "lr", "epoch"):
         np.testing.assert_allclose(ddp[col], one[col], rtol=1e-4, atol=1e-6)
     assert "x 2 processes" in open(runs[0] / "meta.json").read()
+
+
+def imagenette_archive(tmp_path, name="imagenette2-160"):
+    """A small archive in the release's exact layout: <name>/{train,val}/<wnid>/*.JPEG, as a .tgz; (path, md5)."""
+    import hashlib
+    import tarfile
+
+    from PIL import Image
+
+    src = tmp_path / "src"
+    for split, n in (("train", 3), ("val", 2)):
+        for wnid in ("n01440764", "n02102040"):
+            (src / name / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40 + i, 30), (i * 40, 80, 160)).save(src / name / split / wnid / f"{wnid}_{i}.JPEG")
+    archive = tmp_path / f"{name}.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / name, arcname=name)
+    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def test_imagenette_is_downloaded_checked_and_extracted_into_the_loaders_layout(tmp_path, monkeypatch, capsys):
+    from repro.data import imagenet
+    from repro.fetch import main
+
+    archive, md5 = imagenette_archive(tmp_path)
+    monkeypatch.setitem(imagenet.IMAGENETTE, "160px", (archive.as_uri(), md5))  # the release, served locally
+    assert main(["imagenette", "--root", str(tmp_path / "data")]) == 0
+    folder = tmp_path / "data" / "imagenette2-160"
+    assert "data.root=" + str(folder) in capsys.readouterr().out
+    train, classes = imagenet.folder_samples(folder, "train")
+    assert classes == ["n01440764", "n02102040"] and len(train) == 6 and len(imagenet.folder_samples(folder, "val")[0]) == 4
+    archive.unlink()  # already there: nothing is fetched again
+    assert imagenet.download_imagenette(tmp_path / "data") == folder
+
+
+def test_a_corrupt_or_unreachable_imagenette_is_one_line_saying_what_to_do(tmp_path, monkeypatch, capsys):
+    from repro.data import imagenet
+    from repro.fetch import main
+
+    archive, md5 = imagenette_archive(tmp_path)
+    monkeypatch.setitem(imagenet.IMAGENETTE, "160px", (archive.as_uri(), "0" * 32))  # not the release's md5
+    assert main(["imagenette", "--root", str(tmp_path / "data")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "imagenette2-160.tgz is corrupt" in line and "delete it and rerun" in line
+    gone = (tmp_path / "nowhere" / "imagenette2-160.tgz").as_uri()  # offline: the file cannot be fetched
+    monkeypatch.setitem(imagenet.IMAGENETTE, "160px", (gone, md5))
+    assert main(["imagenette", "--root", str(tmp_path / "offline")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "could not download Imagenette" in line and f"put it in {tmp_path / 'offline'}/" in line

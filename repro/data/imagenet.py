@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import io
 import os
+import shutil
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +214,57 @@ def check_folder(root: Path, split: str) -> Path:
 
 
 Samples = list[tuple[str, int]]  # (path, class index), class folders sorted, as ImageFolder lists them
+
+
+# fast.ai's Imagenette (10 ImageNet classes; the 2019 "imagenette2" split: 9,469 train / 3,925 val), shorter side
+# 160 or 320 px: archive URL and md5 (as torchvision's datasets.Imagenette lists them). Each extracts to
+# imagenette2-<size>/{train,val}/<wnid>/*.JPEG, the ImageFolder layout the loader reads (data.root = that folder).
+IMAGENETTE = {
+    "160px": ("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz", "e793b78cc4c9e9a4ccc0c1155377a412"),
+    "320px": ("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz", "3df6f0d01a2c9592104656642f5e78a3"),
+}
+
+
+def download_imagenette(root: str | Path, size: str = "160px", url: str | None = None,
+                        md5: str | None = None) -> Path:
+    """Imagenette (`size` 160px or 320px; `url`/`md5` override the release's) downloaded into `root`, its md5
+    checked, and extracted; returns the folder holding train/ and val/ (data.root). Already there: nothing is
+    fetched. Offline, corrupt or of another layout: one DataError naming the file and what to do."""
+    if size not in IMAGENETTE:
+        raise DataError(f"Imagenette size {size!r}; valid: {', '.join(IMAGENETTE)}")
+    from torchvision.datasets.utils import check_integrity, extract_archive
+
+    root = Path(root).expanduser()
+    url, md5 = url or IMAGENETTE[size][0], md5 or IMAGENETTE[size][1]
+    name = url.rsplit("/", 1)[-1]
+    folder, archive = root / name.removesuffix(".tgz").removesuffix(".tar.gz"), root / name
+    if (folder / "train").is_dir() and (folder / "val").is_dir():
+        print(f"[data] Imagenette is in {folder}", flush=True)
+        return folder
+    if not archive.exists():
+        print(f"[data] downloading Imagenette ({size}) from {url} into {root}", flush=True)
+        partial = root / f".{name}.part"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+            os.replace(partial, archive)  # whole or not at all: a cut download is not taken for the archive
+        except (OSError, ValueError) as e:  # urllib's errors are OSErrors
+            partial.unlink(missing_ok=True)
+            raise DataError(f"could not download Imagenette from {url} ({str(e).splitlines()[0] if str(e) else e}); "
+                            f"on a machine without internet, fetch {name} elsewhere and put it in {root}/ (or its "
+                            f"extracted {folder.name}/ with train/ and val/), then rerun") from None
+    if not check_integrity(str(archive), md5):
+        raise DataError(f"{archive} is corrupt or not the {size} release (its md5 is not {md5}); delete it and "
+                        f"rerun to download it again")
+    try:
+        extract_archive(str(archive), str(root))
+    except (OSError, EOFError, ValueError, RuntimeError) as e:
+        raise DataError(f"cannot extract {archive} ({e}); delete it and rerun") from None
+    if not ((folder / "train").is_dir() and (folder / "val").is_dir()):
+        raise DataError(f"{archive} did not extract to {folder}/train and {folder}/val (not an imagenette2 archive?)")
+    print(f"[data] Imagenette ready in {folder} (data.root={folder})", flush=True)
+    return folder
 
 
 def folder_samples(root: Path, split: str) -> tuple[Samples, list[str]]:
