@@ -19,7 +19,8 @@ from repro.errors import DataError, command
 
 @command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="repro-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="repro-data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=["cifar10", "imagenette"])
     p.add_argument("--root", type=Path, default=None, help="where to put it (default: data/cifar10, or data)")
     p.add_argument("--size", default="160px", choices=sorted(IMAGENETTE), help="Imagenette's release")

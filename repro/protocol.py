@@ -163,8 +163,8 @@ def deviations(ident: dict[str, Any], long: bool = False) -> list[str]:
 def _phrase(key: str, ours: Any, theirs: Any, ident: dict, long: bool) -> str:
     name = ident.get("data.name")
     if key == "data.name":
-        pretty = {"synthetic": "synthetic", "deadleaves": "dead leaves", "imagenette": "Imagenette", "cifar10": "CIFAR-10",
-                  "imagenet": "ImageNet"}
+        pretty = {"synthetic": "synthetic", "deadleaves": "dead leaves", "imagenette": "Imagenette",
+                  "cifar10": "CIFAR-10", "imagenet": "ImageNet"}
         return f"data: {pretty.get(ours, ours)}, not the paper's" if long else pretty.get(ours, str(ours))
     if key == "data.synthetic_seed":
         return "" if ours == 0 else (f"{name} task of seed {ours}" if long else f"{name} seed {ours}")

@@ -34,7 +34,8 @@ COLUMNS = ("step", "epoch", "lr", "train_loss", "train_err", "test_loss", "test_
 # run has, what a finished run keeps besides (kept_files), and the training state (neither .pt is committed)
 METRICS, CONFIG, META = "metrics.csv", "config.yaml", "meta.json"
 RESPONSES, FINAL, MODEL, CHECKPOINT = "responses.csv", "final.json", "model.pt", "checkpoint.pt"
-EXPLAIN_COLUMNS = ("gamma_abs_mean", "beta_std", "branch_over_shortcut")  # responses.csv beside std (repro.train.analysis)
+# responses.csv beside std (repro.train.analysis)
+EXPLAIN_COLUMNS = ("gamma_abs_mean", "beta_std", "branch_over_shortcut")
 VAL_COLUMNS = ("val_loss", "val_err")  # with data.val_size: the held-out tail of the training set
 # Joined onto every row: who the run is (path: its identity; exp and run are only names), its protocol
 # (repro.protocol: the readable label, a key for grouping, the number of deviations from the paper and the

@@ -1,4 +1,5 @@
-"""What only a GPU can show (the graph tests first: .ci/gpu-check runs this file in this order): the CUDA path of the training loop for real — bf16 autocast and channels_last as
+"""What only a GPU can show (.ci/gpu-check runs the graph and pack tests first): the CUDA path of the training
+loop for real — bf16 autocast and channels_last as
 `fast=auto` picks them there, a bit-exact kill-and-resume with `deterministic=true` (docs/gpus-and-clusters.md),
 the logged test error equal to the saved model's, a CUDA checkpoint resumed on the CPU, and a run
 under torchrun. They skip on a machine without CUDA (CI, this project's CPU machines); docs/gpus-and-clusters.md

@@ -13,7 +13,7 @@ Throughput = images/s over data + augmentation + forward + backward + step, medi
 windows after warm-up. Effective TFLOP/s uses 6 x the paper's per-image multiply-adds per trained image
 (paper.md "Compute": a training step costs ~3 forward passes of 2 FLOPs per multiply-add).
 
-    python -m repro.bench (repro-bench) [--cifar10 DIR] [--imagenet DIR] [--quick] [--nets 20A,56A] [--out plots/bench.json]
+    python -m repro.bench [--cifar10 DIR] [--imagenet DIR] [--quick] [--nets 20A,56A] [--out plots/bench.json]
 """
 from __future__ import annotations
 

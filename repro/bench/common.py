@@ -1,5 +1,6 @@
 """What the bench commands share (`make bench`, `make bench-gpu`, the loader bench): the timing loops, our
-net and pipeline and the reference one, the Fig. 6 projection and the JSON writer. The method: repro/bench/__main__.py."""
+net and pipeline and the reference one, the Fig. 6 projection and the JSON writer. The method:
+repro/bench/__main__.py."""
 from __future__ import annotations
 
 import json

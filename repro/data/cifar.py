@@ -246,7 +246,8 @@ def load_image_data(device: torch.device, *, name: str, root: str | Path, downlo
                     synthetic_seed: int = 0, val_size: int = 0, train_size: int = 0, test_size: int = 0,
                     eval_batch_size: int | None = None) -> ImageData:
     """CIFAR-10 at `root` (downloaded there when `download` and missing), or the embedded synthetic task
-    (`name` 'synthetic', or the dead-leaves task 'deadleaves': EMBEDDED), on `device`. Called with the data config group, `load_image_data(dev, **cfg.data)`,
+    (`name` 'synthetic', or the dead-leaves task 'deadleaves': EMBEDDED), on `device`. Called with the data
+    config group, `load_image_data(dev, **cfg.data)`,
     whose every key is a parameter here (eval_batch_size is the evaluation's, not used in loading), so a renamed
     or unknown key fails at once. Sizes 0 = all images."""
     root = Path(root).expanduser()

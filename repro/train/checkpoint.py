@@ -1,5 +1,5 @@
-"""What makes a run survive kills and preemption: the resumable state, atomic checkpoints, the
-SLURM/submitit signal handling (and Ctrl-C's), and the fault-injection points the reliability tests use."""
+"""What makes a run survive kills and preemption: the resumable state and atomic checkpoints (the signals and
+fault points are repro.train.signals)."""
 from __future__ import annotations
 
 import io

@@ -17,7 +17,8 @@ def fault_point(name: str, step: int) -> None:
     step, which hands it on to every rank; 'kill_launcher': rank 0 SIGKILLs torchrun alone, as an
     out-of-memory kill or a closed terminal does; 'stop': SIGSTOP, a peer alive but stalled; 'raise' raises;
     'int' sends SIGINT, Ctrl-C, and 'int2' two of them, a second Ctrl-C while the first is handled; 'enospc'
-    fails the checkpoint write as a full disk does; 'capture' fails a CUDA graph's capture). REPRO_FAULT_RANK=<r>: only rank r acts. Unset in normal use."""
+    fails the checkpoint write as a full disk does; 'capture' fails a CUDA graph's capture).
+    REPRO_FAULT_RANK=<r>: only rank r acts. Unset in normal use."""
     rank = os.environ.get("RANK", "0")
     if os.environ.get("REPRO_FAULT") == f"{name}:{step}" and os.environ.get("REPRO_FAULT_RANK", rank) == rank:
         if name == "raise":

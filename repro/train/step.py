@@ -174,12 +174,12 @@ class GraphStep:
             self._step()
         return graph
 
-    def _fall_back(self, step: int, lr: float, reason: str) -> None:
-        """From this step on, eager (the step itself already taken, correctly, by the check or not at all)."""
+    def _fall_back(self, step: int, reason: str, first_eager: int) -> None:
+        """Eager from step `first_eager` on (`step` itself taken by the check, or not at all)."""
         print(f"[{self.name}] CUDA graph not used: {reason}; stepping eagerly from step {step}", flush=True)
         self.note(step=f"eager (graph check failed: {reason})")
         self.graph, self.kind = None, "eager"
-        self.eager = EagerStep(self.t, self.src, self.sums, self.splits, step + 1)
+        self.eager = EagerStep(self.t, self.src, self.sums, self.splits, first_eager)
 
     def __call__(self, step: int, lr: float) -> None:
         if self.eager is not None:
@@ -197,15 +197,13 @@ class GraphStep:
         state = step_tensors(self.t, self.sums, self.stream.pos)
         try:
             graph = self._capture(step)
-            reason = check_graph(state, self._eager_on_side, graph.replay, torch.are_deterministic_algorithms_enabled())
-        except RuntimeError as e:  # a capture error: nothing of this step ran (captures execute nothing)
-            self.stream.prepare(step)
-            set_lr(self.t.opt, lr)
-            self._fall_back(step, lr, f"capture failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        except RuntimeError as e:  # a capture error: nothing of this step ran (a capture executes nothing)
+            self._fall_back(step, f"capture failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})", step)
             self.eager(step, lr)
             return
-        if reason is not None:
-            self._fall_back(step, lr, reason)
+        reason = check_graph(state, self._eager_on_side, graph.replay, torch.are_deterministic_algorithms_enabled())
+        if reason is not None:  # the state is the eager step's: this step is taken
+            self._fall_back(step, reason, step + 1)
             return
         if self.lr is None:
             self.note(step=CHECKED)
