@@ -2,7 +2,7 @@
 process, and what each makes of the paper's sweeps. Writes plots/bench_<gpu>.json.
 
 - eager / graphed: each Fig. 6 net's training step as the loop runs it (repro.train.step: EagerStep, GraphStep —
-  the very objects `repro.train.train` calls), batch 128, fast=auto, images/s over the median timed window;
+  the very objects `repro.train.loop.train` calls), batch 128, fast=auto, images/s over the median timed window;
 - packed: the nine Fig. 6 nets stepped in turn in this process, each its own graph on its own CUDA stream
   (repro.train.pack's way), aggregate images/s;
 - eval: one evaluation of the 10,000 test images per net (Fig. 6 evaluates every 500 iterations: 129 times);

@@ -45,7 +45,7 @@ class Job:
 
 @dataclass
 class Slot:
-    """A run being stepped: its lifecycle object, its loop (a `repro.train.train` generator), its CUDA stream."""
+    """A run being stepped: its lifecycle object, its loop (a `repro.train.loop.train` generator), its CUDA stream."""
 
     job: Job
     run: Run

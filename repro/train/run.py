@@ -1,5 +1,5 @@
 """One run's life as one object, in one direction: open (own the folder; skip it, reuse it, resume it or
-start it) -> start (data, model, optimiser, state, meta.json) -> the loop (`repro.train.train`, which its
+start it) -> start (data, model, optimiser, state, meta.json) -> the loop (`repro.train.loop.train`, which its
 caller drives step by step) -> end (finish: weights, analyses; or the failed mark) -> close (the folder let
 go). `repro.train.run` drives one run per process; the pack launcher (`repro.train.pack`) drives several in one
 process, each still this object with its own folder, CSV, checkpoint and lock.

@@ -3,7 +3,7 @@
 
 A ResNet-56 step at batch 128 is ~800 kernels of a few microseconds each: on a GPU it is bound by launches
 and Python, not arithmetic (../shared/docs/gpu.md). The graph holds the whole step — the batch taken from the
-device-side draw window (repro.data.BatchStream.take), augmentation, forward, loss, backward, the SGD update
+device-side draw window (repro.data.cifar.BatchStream.take), augmentation, forward, loss, backward, the SGD update
 and the running sums — so a step is one replay. What keeps a graphed run's numbers the eager run's:
 - the lr is a Python float that fused SGD passes to its kernel, so it is baked into a capture: one capture
   per lr value (the milestones and the warm-up exit are a handful of captures per run), the old one freed;
