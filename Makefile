@@ -56,7 +56,7 @@ lock:  ## regenerate uv.lock from pyproject.toml (its [tool.uv] date and torch p
 TEST_WORKERS ?= auto
 PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -q
 
-test: install  ## the quick test suite (CPU, about 4 minutes on 2 cores; not the tests marked slow)
+test: install  ## the quick test suite (CPU, about 5 minutes on 2 cores; not the tests marked slow)
 	$(PYTEST) -m "not slow" --durations=15
 
 test-all: test  ## every test: the quick suite, then the slow tests (what CI runs: .ci/run)
