@@ -9,6 +9,7 @@ every run's meta.json and the report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -41,7 +42,12 @@ def train_sweep(cmd: list[str]) -> int:
     is handed on to that group (the sweep's process and the parallel launcher's workers, which train), so the
     first one stops every run at its step with a checkpoint and a second one stops them at once."""
     child = subprocess.Popen(cmd, process_group=0)
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: os.killpg(child.pid, signal.SIGINT))
+
+    def hand_on(signum, frame) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the sweep ended meanwhile: nothing to stop
+            os.killpg(child.pid, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, hand_on)
     try:
         return child.wait()
     finally:

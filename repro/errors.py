@@ -71,8 +71,9 @@ def exit_code(e: BaseException) -> int:
 
 
 def command(main: Callable[..., int | None]) -> Callable[..., int | None]:
-    """A command's `main`, ending on Ctrl-C or a storage fault with one line on stderr (exit 130, or the
-    StorageError's status) instead of a traceback; anything else propagates as it is."""
+    """A command's `main`, ending on a user error (USER_ERRORS, PeerLost), Ctrl-C or a storage fault with one line
+    on stderr instead of a traceback, and returning the exit status (exit_code(e), or 130) as `main` returns its
+    own (`sys.exit(main())`); anything else propagates as it is."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
@@ -81,11 +82,11 @@ def command(main: Callable[..., int | None]) -> Callable[..., int | None]:
         except KeyboardInterrupt:
             print("interrupted (Ctrl-C); rerun the same command to start again (finished work is kept)",
                   file=sys.stderr, flush=True)
-            sys.exit(INTERRUPTED)
-        except OSError as e:
-            if (err := storage_error(e)) is None:
+            return INTERRUPTED
+        except (*USER_ERRORS, PeerLost, OSError) as e:
+            if (err := storage_error(e) if isinstance(e, OSError) else e) is None:
                 raise
             print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(err.exit_code)
+            return exit_code(err)
 
     return wrapped

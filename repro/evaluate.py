@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import statistics
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from repro.data.sources import load_source
-from repro.errors import ConfigError, DataError, ResultsError, command
+from repro.errors import DataError, ResultsError, command
 from repro.models import build_model
 from repro.results import CONFIG, METRICS, MODEL, RESPONSES, read_meta, read_metrics
 from repro.train.analysis import COLUMNS, format_rows, response_stats
@@ -114,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="where the run's data is now (default: its config's data.root)")
     p.add_argument("--json", type=Path, default=None, help="also write the comparison (and the responses) here")
     args = p.parse_args(argv)
-    try:
-        r = reevaluate(args.run_dir, args.device, args.data_root)
-    except (ResultsError, DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    r = reevaluate(args.run_dir, args.device, args.data_root)  # bad input: one line (repro.errors.command)
     how = "exactly (same device)" if r["same_device"] else f"within 2 images (trained on {r['trained_on']})"
     print(f"[evaluate] {r['run']} at step {r['step']} on {r['device']}: test_err {r['test_err']:.4f} "
           f"(logged {r['logged_test_err']:.4f}), test_loss {r['test_loss']:.4f} (logged {r['logged_test_loss']:.4f}) "

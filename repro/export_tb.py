@@ -5,8 +5,8 @@
     tensorboard --logdir runs
 
 Each run becomes <out>/<experiment>/<run> with the scalars logger=tensorboard writes live (err/train, err/test,
-loss/..., lr, epoch; repro.train.trackers.TensorBoard). An export replaces what an earlier export (or a live tracker) wrote
-there: the CSV is the record, the events a view of it.
+loss/..., lr, epoch; repro.train.trackers.TensorBoard). An export replaces what an earlier export (or a live
+tracker) wrote there: the CSV is the record, the events a view of it.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from repro.errors import ConfigError, ResultsError, command
+from repro.errors import ResultsError, command
 from repro.results import METRICS, find_runs, read_meta, read_metrics
 from repro.train.trackers import TensorBoard, check
 
@@ -48,23 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs"), help="TensorBoard log root (default: runs)")
     p.add_argument("--unfinished", action="store_true", help="also export runs that are not done (marked so)")
     args = p.parse_args(argv)
-    try:
-        check("tensorboard")
-        runs = find_runs(args.results)
-        if not runs:
-            raise ResultsError(f"no run folders (with a metrics.csv) under {', '.join(map(str, args.results))}")
-        n = 0
-        for run in runs:
-            status = read_meta(run).get("status", "unknown")
-            if status != "done" and not args.unfinished:
-                print(f"[export] {run}: {status}, skipped (--unfinished to export it too)")
-                continue
-            dest, rows = export_run(run, args.out)
-            n += 1
-            print(f"[export] {run} -> {dest} ({rows} rows{'' if status == 'done' else ', ' + status})")
-    except (ResultsError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check("tensorboard")
+    runs = find_runs(args.results)
+    if not runs:
+        raise ResultsError(f"no run folders (with a metrics.csv) under {', '.join(map(str, args.results))}")
+    n = 0
+    for run in runs:
+        status = read_meta(run).get("status", "unknown")
+        if status != "done" and not args.unfinished:
+            print(f"[export] {run}: {status}, skipped (--unfinished to export it too)")
+            continue
+        dest, rows = export_run(run, args.out)
+        n += 1
+        print(f"[export] {run} -> {dest} ({rows} rows{'' if status == 'done' else ', ' + status})")
     print(f"[export] {n} run(s); view them with: tensorboard --logdir {args.out}")
     return 0
 

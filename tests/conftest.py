@@ -2,8 +2,11 @@
 format, and a helper that composes the real Hydra configs (shrunk) for training runs."""
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +57,24 @@ def generated_cifar(tmp_path_factory) -> Path:
 def cifar_root(generated_cifar) -> Path:
     """CIFAR-10 for training tests: the real copy beside the checkout, else (a user's clone) the generated one."""
     return CIFAR if has_real_cifar() else generated_cifar
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A local HTTP server for tmp_path: the real download code path (CIFAR-10's, Imagenette's), without the
+    internet. (torchvision's downloader needs a Content-Length, which file:// URLs do not give.) Quiet: its request
+    log would mix with the commands' own stderr."""
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.handle_error = lambda request, address: None  # a client that hangs up early (bad md5) is no error here
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
 def write_cifar_folder(root: Path, n_train: int = 250, n_test: int = 20, seed: int = 0) -> Path:

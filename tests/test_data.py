@@ -1,12 +1,9 @@
 """Data: the safe reader on the real copy and on tampered files, download, preprocessing, batches."""
-import functools
 import hashlib
-import http.server
 import os
 import pickle
 import socket
 import tarfile
-import threading
 
 import numpy as np
 import pytest
@@ -71,18 +68,6 @@ def _archive(tmp_path):
     with tarfile.open(tar, "w:gz") as t:
         t.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     return tar, hashlib.md5(tar.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A local HTTP server for tmp_path: the real download code path, without the internet.
-    (torchvision's downloader needs a Content-Length, which file:// URLs do not give.)"""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.handle_error = lambda request, address: None  # a client that hangs up early (bad md5) is no error here
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_download_path_fetches_extracts_and_checks_md5(tmp_path, served):
@@ -181,9 +166,10 @@ def test_every_sample_is_seen_once_per_epoch():
 
 def _batch_drawn_per_step(s: BatchStream, step: int):
     """The batch of `step` as the stream drew it before the draw window: one generator, one upload, per step."""
-    from repro.data.cifar import PAD, _step_generator
+    from repro.data.cifar import PAD
+    from repro.data.seeds import seeded
 
-    g = _step_generator(s.seed, step)
+    g = seeded("step", s.seed, step)
     offsets = torch.randint(0, 2 * PAD + 1, (2, s.batch_size), generator=g)[:, s.mine]
     flips = (torch.rand(s.batch_size, generator=g) < 0.5)[s.mine]
     idx = s.indices(step)[s.mine]

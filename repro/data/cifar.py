@@ -276,10 +276,6 @@ def load_image_data(device: torch.device, *, name: str, root: str | Path, downlo
                      put(test_x), put(test_y), put(mean), put(val_x), put(val_y), md5=md5)
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return seeded("step", seed, step)
-
-
 DRAW_WINDOW = 256  # steps whose random draws are computed ahead on the CPU and uploaded to the device at once
 
 
@@ -331,7 +327,7 @@ class BatchStream:
 
     def draws(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's (indices, offsets (2, B), flips) of `step`, on the CPU: a pure function of (seed, step)."""
-        g = _step_generator(self.seed, step)
+        g = seeded("step", self.seed, step)
         offsets = torch.randint(0, 2 * PAD + 1, (2, self.batch_size), generator=g)[:, self.mine]
         flips = (torch.rand(self.batch_size, generator=g) < 0.5)[self.mine]
         return self.indices(step)[self.mine], offsets, flips

@@ -21,8 +21,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import shutil
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +230,7 @@ def download_imagenette(root: str | Path, size: str = "160px", url: str | None =
     fetched. Offline, corrupt or of another layout: one DataError naming the file and what to do."""
     if size not in IMAGENETTE:
         raise DataError(f"Imagenette size {size!r}; valid: {', '.join(IMAGENETTE)}")
-    from torchvision.datasets.utils import check_integrity, extract_archive
+    from torchvision.datasets.utils import check_integrity, download_url, extract_archive
 
     root = Path(root).expanduser()
     url, md5 = url or IMAGENETTE[size][0], md5 or IMAGENETTE[size][1]
@@ -243,14 +241,10 @@ def download_imagenette(root: str | Path, size: str = "160px", url: str | None =
         return folder
     if not archive.exists():
         print(f"[data] downloading Imagenette ({size}) from {url} into {root}", flush=True)
-        partial = root / f".{name}.part"
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
-                shutil.copyfileobj(response, f, 1 << 20)
-            os.replace(partial, archive)  # whole or not at all: a cut download is not taken for the archive
-        except (OSError, ValueError) as e:  # urllib's errors are OSErrors
-            partial.unlink(missing_ok=True)
+        try:  # torchvision's downloader, as CIFAR-10's; the md5 is checked below, with our own message
+            download_url(url, str(root), filename=name)
+        except (OSError, RuntimeError, ValueError) as e:  # urllib's errors are OSErrors
+            archive.unlink(missing_ok=True)
             raise DataError(f"could not download Imagenette from {url} ({str(e).splitlines()[0] if str(e) else e}); "
                             f"on a machine without internet, fetch {name} elsewhere and put it in {root}/ (or its "
                             f"extracted {folder.name}/ with train/ and val/), then rerun") from None

@@ -49,29 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --ylim {args.ylim!r}: use paper, auto or LOW,HIGH (e.g. 0,20)", file=sys.stderr)
         return 2
-    try:
-        if args.what == "gaps":
-            if len(args.results or []) != 2:
-                raise ResultsError("gaps compares two runs: --results RUN_A RUN_B (run folders)")
-            a, b = (read_metrics(Path(r) / METRICS) for r in args.results)
-            for col, (mean, top) in curve_gaps(a, b).items():
-                print(f"{col:>10}: mean |gap| {mean:.4f}, max {top:.4f} over {len(a)} evaluations")
-        elif args.what in ("all", "report", "demo"):
-            if args.what != "demo" and args.results is None:  # the whole tree, each experiment present
-                paths = write_every_report(args.root, args.out, ylim, args.protocol, args.noise_floor)
-            else:
-                paths = write_report(args.root, args.out, args.results, ylim, demo=args.what == "demo",
-                                     protocol=args.protocol, floor=args.noise_floor)
-            print("\n".join(f"wrote {p}" for p in paths))
+    if args.what == "gaps":
+        if len(args.results or []) != 2:
+            raise ResultsError("gaps compares two runs: --results RUN_A RUN_B (run folders)")
+        a, b = (read_metrics(Path(r) / METRICS) for r in args.results)
+        for col, (mean, top) in curve_gaps(a, b).items():
+            print(f"{col:>10}: mean |gap| {mean:.4f}, max {top:.4f} over {len(a)} evaluations")
+    elif args.what in ("all", "report", "demo"):
+        if args.what != "demo" and args.results is None:  # the whole tree, each experiment present
+            paths = write_every_report(args.root, args.out, ylim, args.protocol, args.noise_floor)
         else:
-            check_inputs(args.root, [args.what], args.results, args.protocol)
-            art = render(args.what, args.root, args.out, args.results, ylim, args.protocol, args.fig7_measure)
-            print("\n".join(f"wrote {f}" for f in art.files))
-            if art.missing:
-                print(f"missing runs: {', '.join(art.missing)}")
-    except ResultsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            paths = write_report(args.root, args.out, args.results, ylim, demo=args.what == "demo",
+                                 protocol=args.protocol, floor=args.noise_floor)
+        print("\n".join(f"wrote {p}" for p in paths))
+    else:
+        check_inputs(args.root, [args.what], args.results, args.protocol)
+        art = render(args.what, args.root, args.out, args.results, ylim, args.protocol, args.fig7_measure)
+        print("\n".join(f"wrote {f}" for f in art.files))
+        if art.missing:
+            print(f"missing runs: {', '.join(art.missing)}")
     return 0
 
 

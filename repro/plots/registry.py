@@ -157,7 +157,7 @@ def choose_protocol(df: pd.DataFrame, wanted: str | None = None) -> tuple[pd.Dat
 
 
 def render(name: str, results: Path, out: Path, explicit: list[Path] | None = None, ylim="paper",
-           protocol: str | None = None, fig7_measure: str = "std", nets: tuple = ()) -> Artefact:
+           protocol: str | None = None, fig7_measure: str = "std") -> Artefact:
     """Render one artefact by name (ARTEFACTS): a figure from one protocol of its runs (`protocol`, else
     choose_protocol's default), a table from every protocol (or `protocol`); from its data's runs only."""
     spec = ARTEFACTS[name]
@@ -168,4 +168,4 @@ def render(name: str, results: Path, out: Path, explicit: list[Path] | None = No
         scope = ("Unfinished runs (not tabulated): " + "; ".join(todo) + ".") if todo else ""
     else:
         chosen, scope = choose_protocol(family, protocol)
-    return spec.draw(Inputs(chosen, scope, spec.data, ylim, fig7_measure, tuple(nets)), out)
+    return spec.draw(Inputs(chosen, scope, spec.data, ylim, fig7_measure), out)

@@ -217,7 +217,9 @@ def write_report(root: Path, out: Path, explicit: list[Path] | None, ylim="paper
 
 def experiments_under(root: Path) -> list[Path]:
     """Every folder under `root` (one or two levels down) that holds run folders: each a report of its own."""
-    holds_runs = lambda d: any((r / METRICS).exists() for r in d.iterdir() if r.is_dir())  # noqa: E731
+    def holds_runs(d: Path) -> bool:
+        return any((r / METRICS).exists() for r in d.iterdir() if r.is_dir())
+
     found = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         found += [d] if holds_runs(d) else [s for s in sorted(d.iterdir()) if s.is_dir() and holds_runs(s)]

@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> str:
 
 
 @command  # Ctrl-C outside a run's loop (Hydra composing, a parallel sweep's launcher waiting): one line
-def cli() -> None:
+def cli() -> int | None:
     """`repro-train` / `python -m repro.train`: Hydra's command line, an unknown experiment or net one line."""
     # Hydra admits launchers only from the `hydra_plugins` namespace package: ours (hydra/launcher=pack) ships
     # in repro/_plugins, put on the path by the command that may need it (never by an import)
@@ -55,4 +55,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -190,7 +190,6 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         jobs.append(Job(task_cfg, mark_dir, " ".join(filter_overrides(overrides))))
         hydra_cfgs.append(hydra_cfg)
     try:
-        one_process_settings(jobs)  # before the sweep folder is made: nothing written
         Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         statuses = train_pack(jobs, launcher.runs_at_once)
     except USER_ERRORS as e:  # the pack's own bad input (Hydra would print a traceback): one line, exit 2

@@ -227,12 +227,12 @@ class Run:
                 shutil.rmtree(self.dir, ignore_errors=True)  # nothing was computed: leave results/ as it was
                 if self.dir.parent.exists() and not any(self.dir.parent.iterdir()):
                     self.dir.parent.rmdir()
-            elif self.out_dir:
-                update_meta(self.dir, status="failed", error="CUDA out of memory", end_time=now_iso())
+            else:
+                self._mark_failed("CUDA out of memory")
             b = self.cfg.optim.batch_size
             return ConfigError(f"CUDA out of memory at optim.batch_size={b}; try a smaller batch "
                                f"(e.g. optim.batch_size={max(1, b // 2)}) or optim.splits=2")
-        if (disk := storage_error(e)) is not None:  # a full disk mid-run: the checkpoint before it stands
+        if storage_error(e) is not None:  # a full disk mid-run: the checkpoint before it stands
             saved = self.rec.saved_step if self.rec is not None else None
             kept = f"its checkpoint at step {saved} kept" if saved is not None else \
                 "its last checkpoint kept" if (self.dir / CHECKPOINT).exists() else "nothing to resume from yet"

@@ -185,13 +185,13 @@ class GraphStep:
         if self.eager is not None:
             return self.eager(step, lr)
         self.stream.prepare(step)  # outside the graph: may upload the next window of draws
-        set_lr(self.t.opt, lr)
+        if lr == self.lr:  # the replay has this lr baked in
+            self.graph.replay()
+            return
+        set_lr(self.t.opt, lr)  # read by the eager steps and by the capture
         if self.eager_left:
             self._eager_on_side()
             self.eager_left -= 1
-            return
-        if lr == self.lr:
-            self.graph.replay()
             return
         self.graph = None  # the previous lr's capture (its memory) goes before the next one is made
         state = step_tensors(self.t, self.sums, self.stream.pos)
