@@ -18,7 +18,7 @@ LAUNCHER ?= $(shell $(PY) -c "import torch; print('pack' if torch.cuda.is_availa
 LAUNCH = $(if $(filter pack,$(LAUNCHER)),hydra/launcher=pack,hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock test test-all demo data imagenette cifar reference figures report bench bench-gpu gpu-wheels gpu-check clean
+.PHONY: help install lock test test-all demo data imagenette cifar reference diagnose fig4-short figures report bench bench-gpu gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,6 +81,18 @@ cifar: install  ## the full CIFAR-10 sweeps of Fig. 6 and Table 6 (paper protoco
 reference: install  ## the reference result set (exp=fig6_short: Fig. 6's nets at 1/8 of the schedule) -> plots/fig6_short
 	$(PY) -m repro.train -m exp=fig6_short data.root=$(CIFAR10) $(LAUNCH)
 	$(PY) -m repro.plots report --results results/fig6_short --out plots/fig6_short --ylim auto
+
+# the reference nets' diagnostics at initialisation (5 seeds, beside the reference runs), and Table 1's counts
+REF_NETS ?= plain-20,plain-32,plain-44,plain-56,resnet-20,resnet-32,resnet-44,resnet-56,resnet-110
+diagnose: install  ## why plain nets degrade: gradient/signal diagnostics of the reference nets + Table 1 -> results/
+	$(PY) -m repro.diagnose --nets $(REF_NETS) --seeds 0-4 --root $(CIFAR10) --out results/fig6_short/diagnostics.csv
+	$(PY) -m repro.diagnose --architectures results/architectures/architectures.csv
+
+# IMAGENETTE_ROOT: an ImageFolder Imagenette (make imagenette prints it; ../shared/data/imagenette-4k here)
+IMAGENETTE_ROOT ?= $(IMAGENETTE)/imagenette2-160
+fig4-short: install  ## Fig. 4 / Table 2 on a 2-core CPU (exp=fig4_short, about an hour) -> plots/fig4_short
+	$(PY) -m repro.train -m exp=fig4_short data.root=$(IMAGENETTE_ROOT)
+	$(PY) -m repro.plots report --results results/fig4_short --out plots/fig4_short
 
 bench: install  ## throughput of our pipeline vs the standard one on this device -> plots/bench.json
 	$(PY) -m repro.bench --cifar10 $(CIFAR10) $(if $(IMAGENET),--imagenet $(IMAGENET),)

@@ -54,6 +54,35 @@ def train_sweep(cmd: list[str]) -> int:
         signal.signal(signal.SIGINT, previous)
 
 
+def init_diagnostics(runs: Path, batches: int = 2, batch_size: int = 128) -> Path:
+    """The demo's nets at initialisation, per layer (repro.train.diagnostics: the report's gradient figure; seconds):
+    each run's net and seed, on `batches` x `batch_size` images of its data (an embedded task: that many images
+    made from its seed, the same distribution as the training set) -> runs/diagnostics.csv."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from repro.data.cifar import EMBEDDED, ImageData, load_image_data
+    from repro.results import CONFIG
+    from repro.train.diagnostics import DIAGNOSTICS, Subject, diagnose, write_csv
+
+    configs = [OmegaConf.load(c) for c in sorted(runs.glob(f"*/{CONFIG}"))]
+    if not configs:
+        raise DataError(f"no runs under {runs} to diagnose")
+    d = configs[0].data
+    n = batches * batch_size
+    if d.name in EMBEDDED:
+        x, y, tx, ty = (torch.from_numpy(a) for a in EMBEDDED[d.name](n_train=n, n_test=10, seed=d.synthetic_seed))
+        data = ImageData(d.name, f"{n} images of the embedded {d.name} task (seed {d.synthetic_seed})", x, y, tx, ty,
+                         x.double().mean(0).div(255).float())
+    else:
+        data = load_image_data(torch.device("cpu"), name=d.name, root=d.root)
+    subjects = sorted({Subject(c.model.depth, c.model.shortcut, c.model.width, c.seed) for c in configs},
+                      key=lambda s: (s.shortcut != "none", s.depth, s.seed))
+    rows = diagnose(subjects, data, batches, batch_size, progress=lambda s: None)
+    write_csv(rows, runs / DIAGNOSTICS)
+    return runs / DIAGNOSTICS
+
+
 @command  # Ctrl-C, a full disk, a read-only folder: one line
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.demo", description=__doc__,
@@ -80,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from repro.plots.report import write_report
 
     runs, out = args.results / f"demo-{name}", args.plots / f"demo-{name}"
+    init_diagnostics(runs)
     write_report(args.results, out, [runs], demo=True)
     print(f"[demo] data: {why}")
     print(f"[demo] results: {runs}/   figure: {out / 'degradation.png'}   table: {out / 'final_errors.md'}")

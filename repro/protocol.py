@@ -24,7 +24,8 @@ from typing import Any
 # in neither this list nor OPERATIONAL (nor fast.*, the bit-exact speed switches), so each new key is classified.
 PROTOCOL_KEYS = frozenset({
     "model.family", "model.width",
-    "data.name", "data.train_size", "data.test_size", "data.val_size", "data.synthetic_seed", "data.lighting",
+    "data.name", "data.crop", "data.train_size", "data.test_size", "data.val_size", "data.synthetic_seed",
+    "data.lighting",
     "optim.batch_size", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.total_steps", "optim.splits",
     "optim.schedule", "optim.milestones", "optim.gamma", "optim.plateau_patience", "optim.plateau_threshold",
     "optim.plateau_max_decays", "optim.warmup_lr", "optim.warmup_until_err", "optim.warmup_from_depth",
@@ -35,7 +36,7 @@ OPERATIONAL = frozenset({
     "exp_name", "seed", "device", "deterministic", "threads", "results_dir", "overwrite", "save_model",
     "final_crops", "analyze_responses", "model.depth", "model.shortcut", "data.root", "data.download", "data.url",
     "data.fallback", "data.workers", "data.eval_batch_size", "data.format", "lock_wait_s", "dist_timeout_s",
-    "data.decoder", "data.decode",
+    "data.decoder", "data.decode", "diagnostics.every", "diagnostics.batches",
     "logger.name", "logger.dir", "logger.project", "logger.entity", "logger.mode",
 })
 # The version of repro.data.imagenet's random stream (which draws a sample position gets); like the seed it is not
@@ -62,7 +63,7 @@ PAPER: dict[str, dict[str, Any]] = {
                 "optim.warmup_until_err": 0.8, "optim.warmup_from_depth": 110, "optim.warmup_check_every": 10,
                 "optim.splits": 1, "arithmetic": "fp32", "eval_every": 500},
     "imagenet": {"data.name": "imagenet", "data.copy": "unrecorded", "model.width": 64, "optim.total_steps": 600_000,
-                 "optim.batch_size": 256, "data.val_size": 0, "data.lighting": 0.1, "optim.lr": 0.1,
+                 "optim.batch_size": 256, "data.val_size": 0, "data.lighting": 0.1, "data.crop": 224, "optim.lr": 0.1,
                  "optim.momentum": 0.9, "optim.weight_decay": 1e-4, "optim.schedule": "plateau",
                  "optim.plateau_patience": 6, "optim.plateau_threshold": 0.001, "optim.plateau_max_decays": 3,
                  "optim.gamma": 0.1, "optim.warmup_lr": None, "optim.splits": 1, "arithmetic": "fp32",
@@ -102,6 +103,15 @@ def data_copy(md5: dict[str, str] | None) -> str:
     return KNOWN_COPIES.get(short, f"copy {short}")
 
 
+def folder_of(source: str) -> str:
+    """The data folder's name in meta.json's data_source ('imagenette from ../x/imagenette-4k (decoded ...)' ->
+    'imagenette-4k'): which copy of an ImageFolder data set a run read; 'unrecorded' when it does not say."""
+    if " from " not in source:
+        return "unrecorded"
+    path = source.split(" from ", 1)[1].split(" (", 1)[0].rstrip("/")
+    return path.rsplit("/", 1)[-1] or "unrecorded"
+
+
 def arithmetic(config: dict, meta: dict) -> str:
     """'bf16' or 'fp32' as the run resolved it (meta.json), else as its config forced it, else 'unrecorded'."""
     bf16 = (meta.get("fast") or {}).get("bf16", (config.get("fast") or {}).get("bf16"))
@@ -127,8 +137,14 @@ def identity(config: dict, meta: dict) -> dict[str, Any]:
         ident.pop("data.synthetic_seed", None)
     if ident.get("data.name") == "cifar10":
         ident["data.copy"] = data_copy(meta.get("data_md5"))
-    elif ident.get("data.name") in ("imagenet", "imagenette"):
+    elif ident.get("data.name") == "imagenet":
         ident["data.copy"] = "unrecorded"
+    elif ident.get("data.name") == "imagenette":  # which files: a sample, the 160 px or 320 px release, ...
+        ident["data.copy"] = folder_of(meta.get("data_source") or "")
+    if family == "imagenet":
+        ident.setdefault("data.crop", 224)  # §3.4's crops; folders made before data.crop existed used them
+    else:
+        ident.pop("data.crop", None)
     ident["arithmetic"] = arithmetic(config, meta)
     # the BN batch is what splits and data-parallel processes both change: 2 processes of a batch of 128 train
     # as one process with optim.splits=2 (BN over 64 each), so `optim.splits` here counts the chunks of both
@@ -154,8 +170,8 @@ def deviations(ident: dict[str, Any], long: bool = False) -> list[str]:
     keys = list(paper) + [k for k in ident if k not in paper and k != "model.family"]
     for key in keys:
         ours, theirs = ident.get(key), paper.get(key)
-        if key not in ident or ours == theirs:
-            continue
+        if key not in ident or ours == theirs or (key in ("data.train_size", "data.test_size") and not ours):
+            continue  # (a size of 0 is the whole set: ImageNet's protocol has no such key)
         out.append(_phrase(key, ours, theirs, ident, long))
     return [p for p in out if p]
 
@@ -169,6 +185,8 @@ def _phrase(key: str, ours: Any, theirs: Any, ident: dict, long: bool) -> str:
     if key == "data.synthetic_seed":
         return "" if ours == 0 else (f"{name} task of seed {ours}" if long else f"{name} seed {ours}")
     if key == "data.copy":
+        if name == "imagenette":
+            return f"Imagenette files of {ours}" if long else ours
         if name not in ("cifar10",):
             return ""
         if ours == "unrecorded":
@@ -178,6 +196,8 @@ def _phrase(key: str, ours: Any, theirs: Any, ident: dict, long: bool) -> str:
         return (f"{ours} of {theirs} iterations (lr schedule compressed proportionally)" if long else f"{ours} it")
     if key == "model.width":
         return f"width {ours} (paper {theirs})" if long else f"width {ours}"
+    if key == "data.crop":
+        return f"{ours} px crops, the resize geometry scaled with them (paper {theirs})" if long else f"{ours} px"
     if key == "optim.batch_size":
         return f"batch {ours} (paper {theirs})" if long else f"batch {ours}"
     if key in ("data.train_size", "data.test_size"):

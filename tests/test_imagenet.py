@@ -10,7 +10,18 @@ import torch
 from conftest import IMAGENETTE, ROOT, python
 from PIL import Image
 
-from repro.data.imagenet import CROP, StreamDataset, draw, eval_view, evaluate_crops, load_imagefolder, tail, train_view
+from repro.data.imagenet import (
+    CROP,
+    StreamDataset,
+    draw,
+    eval_view,
+    evaluate_crops,
+    load_imagefolder,
+    scaled,
+    tail,
+    train_loader,
+    train_view,
+)
 from repro.errors import DataError
 from repro.models import SHORTCUTS, build_model, count_macs, count_params
 
@@ -202,3 +213,70 @@ def test_a_corrupt_or_unreachable_imagenette_is_one_line_saying_what_to_do(tmp_p
     assert main(["imagenette", "--root", str(tmp_path / "offline")]) == 2
     line = error_line(capsys.readouterr().err)
     assert "could not download Imagenette" in line and f"put it in {tmp_path / 'offline'}/" in line
+
+
+def test_smaller_crops_scale_the_whole_geometry(tmp_path):
+    yy, xx = np.meshgrid(np.arange(300), np.arange(500), indexing="ij")  # a smooth image: regions tell apart
+    img = torch.from_numpy(np.stack([128 + 100 * np.sin(xx / 23 + c) * np.cos(yy / 17) for c in range(3)])
+                           .astype(np.uint8))
+    d = draw(0, 3)
+    assert train_view(img, d, crop=112).shape == (3, 112, 112)
+    assert eval_view(img, 10, crop=112).shape == (10, 3, 112, 112)
+    assert [scaled(s, 112) for s in (256, 480)] == [128, 240] and scaled(256, CROP) == 256  # [128, 240], resize 128
+    # the 112 view is the 224 view's geometry at half the size: the same draw, the same region of the image
+    big, small = train_view(img, d).float(), train_view(img, d, crop=112).float()
+    half = torch.nn.functional.avg_pool2d(big[None], 2)[0]
+    other = torch.nn.functional.avg_pool2d(train_view(img, draw(0, 4)).float()[None], 2)[0]
+    assert (half - small).abs().mean() < 3 < 20 < (other - small).abs().mean()  # resampling differs a little
+    root = write_folder(tmp_path / "f")
+    data = load_imagefolder(name="x", root=root, crop=112, workers=0)
+    assert data.crop == 112 and "112 px crops" in data.source
+    with pytest.raises(DataError, match=r"data.crop=500.*from 32 to 224"):
+        load_imagefolder(name="x", root=root, crop=500)
+
+
+def _loader_shapes_in_a_loky_worker(root: str) -> tuple:
+    data = load_imagefolder(name="x", root=root, crop=64, workers=1)
+    x, alpha, y = next(iter(train_loader(data, 4, 0, 0, 1, workers=1)))
+    return tuple(x.shape)
+
+
+def test_loader_workers_start_inside_the_parallel_launchers_processes(tmp_path):
+    """hydra/launcher=parallel runs each run in a joblib (loky) worker, whose own multiprocessing context cannot
+    start the loader's worker processes ('Process' object has no attribute 'env'): the loader uses the platform's."""
+    joblib = pytest.importorskip("joblib")
+    root = write_folder(tmp_path / "f")
+    shapes = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(_loader_shapes_in_a_loky_worker)(str(root))
+                                                       for _ in range(2))
+    assert shapes == [(4, 3, 64, 64)] * 2
+
+
+def test_imagenette_runs_are_labelled_with_the_files_they_read():
+    from repro.protocol import identity, label
+
+    cfg = {"model": {"family": "imagenet", "width": None}, "data": {"name": "imagenette", "crop": 112},
+           "optim": {"batch_size": 64, "total_steps": 600}}
+    meta = lambda root: {"data_source": f"imagenette from {root} (decoded by torchcodec on cpu)"}  # noqa: E731
+    sample, full = identity(cfg, meta("../shared/data/imagenette-4k")), identity(cfg, meta("data/imagenette2-160"))
+    assert sample != full  # a sample and the release are never pooled
+    assert label(sample).startswith("Imagenette, imagenette-4k") and "112 px" in label(sample)
+    assert "data.crop" not in identity({"model": {"family": "cifar10"}, "data": {"name": "cifar10"}}, {})
+    old = identity({**cfg, "data": {"name": "imagenette"}}, meta("x/imagenette-4k"))  # before data.crop existed
+    assert old["data.crop"] == 224 and "px" not in label(old)
+
+
+def test_the_cpu_sized_fig4_composes_and_trains_a_slice(tmp_path):
+    from conftest import compose
+
+    from repro.train.loop import run
+
+    cfg = compose(["exp=fig4_short", f"data.root={write_folder(tmp_path / 'f', classes=3, per_class=6)}",
+                   f"results_dir={tmp_path / 'r'}", "model.width=4", "optim.total_steps=4", "eval_every=2",
+                   "optim.batch_size=4", "data.workers=0", "data.crop=64", "final_crops=null"])
+    assert (cfg.data.crop, cfg.optim.batch_size, cfg.fast.bf16, cfg.model.family) == (64, 4, False, "imagenet")
+    full = compose(["exp=fig4_short"])
+    assert (full.data.crop, full.optim.batch_size, full.optim.total_steps, full.final_crops, full.threads) == \
+        (112, 64, 600, 10, 1)
+    assert run(cfg) == "done"
+    metrics = pd.read_csv(next((tmp_path / "r").rglob("metrics.csv")))
+    assert list(metrics.step) == [2, 4] and metrics.train_err.between(0, 1).all()

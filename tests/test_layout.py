@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "repro"
-COMMANDS = {"repro.demo", "repro.evaluate", "repro.export_tb", "repro.fetch", "repro.train.__main__", "repro.plots.__main__",
+COMMANDS = {"repro.demo", "repro.diagnose", "repro.evaluate", "repro.export_tb", "repro.fetch", "repro.train.__main__", "repro.plots.__main__",
             "repro.bench.__main__", "repro.bench.gpu", "repro.bench.loader"}
 
 

@@ -282,17 +282,20 @@ def test_report_has_every_artefact_paper_values_scale_and_verdicts(degraded, tmp
     out = tmp_path / "plots"
     write_report(degraded, out, None)
     md = (out / "report.md").read_text()
-    for text in ("Fig. 1", "Fig. 6", "Fig. 7", "Table 6", "Not drawn, for want of runs on their data: fig4, table2, "
-                 "table3, fig4_imagenette, table2_imagenette", "Scale of the runs",
+    for text in ("Fig. 1", "Fig. 6", "Fig. 7", "Table 6", "Not drawn, for want of runs on their data or of their "
+                 "files: fig4, table2, table3, fig4_imagenette, table2_imagenette, table1, gradients, signal",
+                 "Convergence rate against depth", "Is it vanishing gradients?", "Scale of the runs",
                  "differs from the paper: ", "HOLDS", "6.61 ± 0.16", "Missing runs", "plain_penalty_exceeds_residual"):
         assert text in md, text
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # the CIFAR figures embedded: one file to send
+    assert page.count("data:image/png;base64,") == 4  # the CIFAR figures embedded (and convergence): one file
     v = pd.read_csv(out / "verdicts.csv")
-    assert set(v.family) == {"cifar10", "imagenet"} and len(v) == 8
+    assert set(v.family) == {"cifar10", "imagenet"} and len(v) == 12
     assert set(v[v.family == "imagenet"].verdict) == {"not measured"}  # no ImageNet runs: never from CIFAR ones
-    assert set(v.claim) == {"plain_deeper_worse", "residual_beats_plain", "residual_deeper_no_worse",
-                            "plain_penalty_exceeds_residual"}
+    assert set(v[v.protocol != "diagnostics"].claim) == {"plain_deeper_worse", "residual_beats_plain",
+                                                        "residual_deeper_no_worse", "plain_penalty_exceeds_residual"}
+    why = v[v.protocol == "diagnostics"].set_index("claim").verdict  # no diagnostics.csv: said, not guessed
+    assert why["plain_gradients_vanish"] == why["block_gain_at_least_one"] == "not measured"
     assert {"margin", "se", "threshold", "seeds"} <= set(v.columns)
 
 

@@ -41,7 +41,9 @@ EIGVAL = (0.2175, 0.0188, 0.0045)
 EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 LIGHTING_STD = 0.1
 SCALES = (256, 480)  # §3.4: shorter side in [256, 480]
-CROP, RESIZE = 224, 256
+CROP, RESIZE = 224, 256  # §3.4: 224x224 crops; §3.4/[21]: evaluation on the image resized to 256
+# data.crop other than 224 (a CPU-sized run, a deviation from §3.4 its protocol label names) scales the whole
+# geometry with it: at crop 112 the shorter side is drawn from [128, 240] and evaluation resizes to 128.
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
 DECODERS = ("auto", "torchcodec", "torchvision", "pil")
 DECODE_ON = ("cpu", "cuda")
@@ -157,21 +159,27 @@ def gpu_decodable(data: torch.Tensor) -> bool:
 
 # ---- geometry: one image -> a uint8 view ----
 
-def train_view(img, d: Draw) -> torch.Tensor:
-    """§3.4's training view of `img` under draw `d`: shorter side to d.scale, a 224 crop, maybe flipped (uint8)."""
-    img = F.resize(img, [d.scale], antialias=True)
+def scaled(size: int, crop: int) -> int:
+    """A §3.4 size (given for 224 crops) for crops of `crop` pixels."""
+    return size if crop == CROP else round(size * crop / CROP)
+
+
+def train_view(img, d: Draw, crop: int = CROP) -> torch.Tensor:
+    """§3.4's training view of `img` under draw `d`: shorter side to d.scale, a 224 crop, maybe flipped (uint8);
+    with another `crop`, the scale in proportion."""
+    img = F.resize(img, [scaled(d.scale, crop)], antialias=True)
     h, w = F.get_size(img)
-    img = F.crop(img, int(d.top * (h - CROP + 1)), int(d.left * (w - CROP + 1)), CROP, CROP)
+    img = F.crop(img, int(d.top * (h - crop + 1)), int(d.left * (w - crop + 1)), crop, crop)
     if d.flip:
         img = F.horizontal_flip(img)
     return img if isinstance(img, torch.Tensor) else F.pil_to_tensor(img)
 
 
-def eval_view(img, crops: int = 1) -> torch.Tensor:
+def eval_view(img, crops: int = 1, crop: int = CROP) -> torch.Tensor:
     """Shorter side to 256, then the centre 224 crop (3, 224, 224), or the 10 crops (4 corners + centre and
-    their flips) as (10, 3, 224, 224); uint8."""
-    img = F.resize(img, [RESIZE], antialias=True)
-    views = [F.center_crop(img, [CROP])] if crops == 1 else list(F.ten_crop(img, [CROP]))
+    their flips) as (10, 3, 224, 224); uint8. With another `crop`, the resize in proportion."""
+    img = F.resize(img, [scaled(RESIZE, crop)], antialias=True)
+    views = [F.center_crop(img, [crop])] if crops == 1 else list(F.ten_crop(img, [crop]))
     views = [v if isinstance(v, torch.Tensor) else F.pil_to_tensor(v) for v in views]
     return views[0] if crops == 1 else torch.stack(views)
 
@@ -280,6 +288,7 @@ class ImageFolderData:
     decoder: str = "auto"  # as resolved (torchcodec / torchvision / pil)
     decode_on: str = "cpu"
     workers: int = 0  # loader processes, as resolved (data.workers)
+    crop: int = CROP  # the side of the square crops the nets see (data.crop)
 
 
 def held_out_indices(n: int, val_size: int) -> list[int]:
@@ -292,12 +301,14 @@ def held_out_indices(n: int, val_size: int) -> list[int]:
 
 def load_imagefolder(*, name: str, root: str | Path, lighting: float = LIGHTING_STD, val_size: int = 0,
                      decoder: str = "auto", decode: str = "cpu", workers="auto", format: str = "imagefolder",
-                     eval_batch_size: int | None = None) -> ImageFolderData:
+                     eval_batch_size: int | None = None, crop: int = CROP) -> ImageFolderData:
     """The ImageFolder data at `root` (called with the data config group, whose every key is a parameter here:
     `format` chose this reader and eval_batch_size is the evaluation's), read by `workers` loader processes
     (auto: the host's cores shared by the LOCAL_WORLD_SIZE training processes on it). `val_size` training
     images are held out and evaluated like the val set."""
     root = Path(root).expanduser()
+    if not isinstance(crop, int) or not 32 <= crop <= CROP:
+        raise DataError(f"data.crop={crop!r}: use a side in pixels from 32 to {CROP} (§3.4: {CROP})")
     if decode not in DECODE_ON:
         raise DataError(f"data.decode={decode!r} is not one of {', '.join(DECODE_ON)} (where JPEGs are decoded)")
     if decode == "cuda" and not torch.cuda.is_available():
@@ -310,7 +321,9 @@ def load_imagefolder(*, name: str, root: str | Path, lighting: float = LIGHTING_
     resolved = resolve_decoder(decoder)
     data = ImageFolderData(name, f"{name} from {root} (decoded by {resolved} on {decode})", root, train, val,
                            len(classes), lighting=lighting, decoder=resolved, decode_on=decode,
-                           workers=resolve_workers(workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+                           workers=resolve_workers(workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1))), crop=crop)
+    if crop != CROP:
+        data.source += f" ({crop} px crops, §3.4's geometry scaled by {crop}/{CROP})"
     if val_size:
         held = held_out_indices(len(train), val_size)
         keep = sorted(set(range(len(train))) - set(held))
@@ -347,8 +360,9 @@ class StreamDataset(Dataset):
     (uint8 crop, lighting alphas, label). With `on_device` (data.decode=cuda) a GPU-decodable file comes
     back undecoded, as (bytes, draw, label), for the training process to decode a batch at once."""
 
-    def __init__(self, samples: Samples, seed: int, decoder: str = "auto", on_device: bool = False):
-        self.samples, self.seed, self.n = samples, seed, len(samples)
+    def __init__(self, samples: Samples, seed: int, decoder: str = "auto", on_device: bool = False,
+                 crop: int = CROP):
+        self.samples, self.seed, self.n, self.crop = samples, seed, len(samples), crop
         self.decoder_name, self.on_device = decoder, on_device
         self._order: tuple[int, torch.Tensor] | None = None
         self._decoder = None
@@ -369,14 +383,14 @@ class StreamDataset(Dataset):
         if self.on_device and gpu_decodable(data):
             return (data, path), d, label
         self._decoder = self._decoder or decoder_fn(self.decoder_name)  # made in the worker (picklable dataset)
-        return train_view(decode(path, data, self._decoder), d), torch.tensor(d.alpha), label
+        return train_view(decode(path, data, self._decoder), d, self.crop), torch.tensor(d.alpha), label
 
 
 class EvalDataset(Dataset):
     """(uint8 centre crop, or the 10 crops, label) of each image."""
 
-    def __init__(self, samples: Samples, decoder: str = "auto", crops: int = 1):
-        self.samples, self.decoder_name, self.crops = samples, decoder, crops
+    def __init__(self, samples: Samples, decoder: str = "auto", crops: int = 1, crop: int = CROP):
+        self.samples, self.decoder_name, self.crops, self.crop = samples, decoder, crops, crop
         self._decoder = None
 
     def __len__(self) -> int:
@@ -385,7 +399,7 @@ class EvalDataset(Dataset):
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         self._decoder = self._decoder or decoder_fn(self.decoder_name)
-        return eval_view(decode(path, read_bytes(path), self._decoder), self.crops), label
+        return eval_view(decode(path, read_bytes(path), self._decoder), self.crops, self.crop), label
 
 
 def collate_mixed(items):
@@ -408,27 +422,39 @@ def resolve_workers(value, processes_per_host: int = 1) -> int:
     return value
 
 
+def worker_context():
+    """The multiprocessing context for loader workers: the platform's default, also inside a process that another
+    library started with its own (joblib's loky workers, where `hydra/launcher=parallel` runs each training
+    process, cannot start standard children)."""
+    import multiprocessing as mp
+    method = mp.get_start_method(allow_none=True)
+    standard = mp.get_all_start_methods()
+    return mp.get_context(method if method in standard else standard[0])
+
+
 def _loader(dataset, batch_size: int, workers: int, **kw) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None, **kw)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                      multiprocessing_context=worker_context() if workers else None, **kw)
 
 
 def train_loader(data: ImageFolderData, batch_size: int, seed: int, start_step: int, total_steps: int,
                  workers: int, rank: int = 0, world: int = 1) -> DataLoader:
     sampler = StepSampler(batch_size, start_step, total_steps, rank, world)
     on_device = data.decode_on == "cuda"
-    return _loader(StreamDataset(data.train, seed, data.decoder, on_device), batch_size // world, workers,
+    return _loader(StreamDataset(data.train, seed, data.decoder, on_device, data.crop), batch_size // world, workers,
                    sampler=sampler, collate_fn=collate_mixed if on_device else None)
 
 
 def eval_loader(samples: Samples, batch_size: int, workers: int, decoder: str, rank: int = 0, world: int = 1,
-                crops: int = 1) -> DataLoader:
+                crops: int = 1, crop: int = CROP) -> DataLoader:
     mine = samples[rank::world]  # each rank a disjoint share; sums are all-reduced
-    return DataLoader(EvalDataset(mine, decoder, crops), batch_size=batch_size, num_workers=workers,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(EvalDataset(mine, decoder, crops, crop), batch_size=batch_size, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(),
+                      multiprocessing_context=worker_context() if workers else None)
 
 
-def decode_batch_on_device(items, device: torch.device, decoder: str):
+def decode_batch_on_device(items, device: torch.device, decoder: str, crop: int = CROP):
     """A decode=cuda batch: the undecoded files decoded together on `device` (nvJPEG on CUDA), each viewed
     under its draw there; a file the batched decode refuses is decoded alone on the CPU. -> (uint8, alphas, y)."""
     waiting = [i for i, it in enumerate(items) if isinstance(it[1], Draw)]
@@ -440,7 +466,7 @@ def decode_batch_on_device(items, device: torch.device, decoder: str):
         except Exception:  # one bad file fails a batched call: decode them one by one, on the CPU when refused
             decoded = [_one_on_device(b, path, device, decoder) for b, path in files]
         for i, img in zip(waiting, decoded):
-            views[i] = train_view(img, items[i][1])
+            views[i] = train_view(img, items[i][1], crop)
     crops, alphas, labels = [], [], []
     for i, (x, d, y) in enumerate(items):
         crops.append(views[i] if i in views else x.to(device, non_blocking=True))
@@ -476,7 +502,8 @@ def worker_error(e: DataError) -> DataError:
 @torch.no_grad()
 def evaluate_crops(model, data: ImageFolderData, crops: int, batch_size: int, device: torch.device) -> dict:
     """Top-1/top-5 error of the final model averaging the logits of `crops` views (10-crop testing)."""
-    loader = eval_loader(data.val, max(1, batch_size // crops), data.workers, data.decoder, crops=crops)
+    loader = eval_loader(data.val, max(1, batch_size // crops), data.workers, data.decoder, crops=crops,
+                         crop=data.crop)
     model.eval()
     wrong1 = wrong5 = n = 0
     for x, y in loader:

@@ -85,14 +85,15 @@ def imagefolder_source(data_cfg, batch_size: int, seed: int, total_steps: int, d
     def batches(start: int) -> Iterator[Batch]:
         try:
             for batch in train_loader(data, batch_size, seed, start, total_steps, workers, rank, world):
-                x, alpha, y = decode_batch_on_device(batch, device, data.decoder) if data.decode_on == "cuda" else batch
+                x, alpha, y = decode_batch_on_device(batch, device, data.decoder, data.crop) \
+                    if data.decode_on == "cuda" else batch
                 yield tail(x, alpha, data.lighting, device), y.to(device, non_blocking=True)
         except DataError as e:
             raise worker_error(e) from None
 
     def split(samples):
         def sums(model):
-            loader = eval_loader(samples, eb, workers, data.decoder, rank, world)
+            loader = eval_loader(samples, eb, workers, data.decoder, rank, world, crop=data.crop)
             try:
                 return eval_sums(model, ((tail(x, None, 0, device), y.to(device)) for x, y in loader), device)
             except DataError as e:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from repro.errors import ResultsError
 from repro.plots.figures import degradation, fig1, fig4, fig6, fig7
-from repro.plots.tables import Artefact, final_errors, table2, table3, table6
+from repro.plots.tables import Artefact, final_errors, table1, table2, table3, table6
+from repro.plots.why import convergence, gradients, read_diagnostics, signal
 from repro.results import (
     distinct_runs,
     final_rows,
@@ -36,6 +37,7 @@ class Inputs:
     ylim: object = "paper"  # "paper": the artefact's own axes; "auto"; or (low, high) in %
     measure: str = "std"  # Fig. 7: the responses.csv column drawn
     nets: tuple = ()  # Fig. 7: the nets drawn (empty: the paper's)
+    folders: tuple = ()  # the experiment folders read (their diagnostics.csv, architectures.csv)
 
     def axes(self) -> dict:
         """The ylim keyword for a drawing function: none for the paper's axes (its default), else the one asked."""
@@ -44,6 +46,14 @@ class Inputs:
     def finals(self) -> pd.DataFrame:
         """final.json of the runs (ImageNet's 10-crop evaluation)."""
         return read_finals(sorted(set(self.runs.path)) if not self.runs.empty else [])
+
+    def diagnostics(self) -> pd.DataFrame:
+        """diagnostics.csv of the experiment folders read and of their runs (repro-diagnose)."""
+        return read_diagnostics(self.folders)
+
+    def architectures(self) -> pd.DataFrame:
+        files = [Path(f) / "architectures.csv" for f in self.folders]
+        return pd.concat([pd.read_csv(f) for f in files if f.exists()] or [pd.DataFrame()], ignore_index=True)
 
     def responses(self) -> pd.DataFrame:
         """responses.csv of the finished runs (Fig. 7)."""
@@ -64,10 +74,12 @@ class Spec:
     draw: Callable[[Inputs, Path], Artefact]
     data: str
     experiments: tuple[str, ...] = ()
+    runs: bool = True  # False: drawn from files of the experiment folders (diagnostics.csv, architectures.csv)
 
 
 CIFAR_FIGURES = ("fig6_plain", "fig6_resnet", "fig6_1202", "table6")
-IMAGENET_FIG4 = ("fig4", "table2", "fig4_imagenette")
+IMAGENET_FIG4 = ("fig4", "table2", "fig4_imagenette", "fig4_short")
+WHY = ("fig6_plain", "fig6_resnet", "convergence")  # the experiments whose runs (and diagnostics) say why
 ARTEFACTS: dict[str, Spec] = {
     "fig1": Spec("figure", lambda i, out: fig1(i.runs, out, scope=i.scope, **i.axes()), "cifar10",
                  ("fig1", "fig6_plain")),
@@ -85,13 +97,19 @@ ARTEFACTS: dict[str, Spec] = {
     "fig4_imagenette": Spec("figure", lambda i, out: fig4(i.runs, out, scope=i.scope, data=i.data, **i.axes()),
                             "imagenette", IMAGENET_FIG4),
     "table2_imagenette": Spec("table", lambda i, out: table2(i.runs, i.finals(), out, i.scope, i.data), "imagenette",
-                              ("table2", "fig4", "fig4_imagenette")),
+                              ("table2", "fig4", "fig4_imagenette", "fig4_short")),
+    # why plain nets degrade (repro.plots.why): diagnostics.csv beside the runs, and the runs' curves
+    "gradients": Spec("figure", lambda i, out: gradients(i.diagnostics(), out), "cifar10", WHY, runs=False),
+    "signal": Spec("figure", lambda i, out: signal(i.diagnostics(), out), "cifar10", WHY, runs=False),
+    "convergence": Spec("figure", lambda i, out: convergence(i.runs, out, i.scope), "cifar10", WHY),
+    "table1": Spec("table", lambda i, out: table1(i.architectures(), out), "cifar10", ("architectures",), runs=False),
     # the demo report's (any sweep's depths; its experiment is the one given)
     "degradation": Spec("figure", lambda i, out: degradation(i.runs, out, scope=i.scope, **i.axes()), "cifar10"),
     "final_errors": Spec("table", lambda i, out: final_errors(i.runs, out, i.scope), "cifar10"),
 }
+# the full report's, in its order; `repro-plots NAME` takes any of ARTEFACTS
 PAPER_ARTEFACTS = ("fig1", "fig6", "fig7", "table6", "fig4", "table2", "table3", "fig4_imagenette",
-                   "table2_imagenette")  # the full report's, in its order; `repro-plots NAME` takes any of ARTEFACTS
+                   "table2_imagenette", "table1", "convergence", "gradients", "signal")
 
 
 def runs_of(df: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -161,6 +179,9 @@ def render(name: str, results: Path, out: Path, explicit: list[Path] | None = No
     """Render one artefact by name (ARTEFACTS): a figure from one protocol of its runs (`protocol`, else
     choose_protocol's default), a table from every protocol (or `protocol`); from its data's runs only."""
     spec = ARTEFACTS[name]
+    folders = tuple(explicit or [results / e for e in spec.experiments if (results / e).exists()])
+    if not spec.runs:
+        return spec.draw(Inputs(pd.DataFrame(), "", spec.data, ylim, folders=folders), out)
     family = runs_of(select(results, name, explicit), spec.data)
     if spec.kind == "table":  # every protocol, one row per (net, protocol); or the one asked for
         chosen = family if protocol is None else choose_protocol(family, protocol)[0]
@@ -168,4 +189,4 @@ def render(name: str, results: Path, out: Path, explicit: list[Path] | None = No
         scope = ("Unfinished runs (not tabulated): " + "; ".join(todo) + ".") if todo else ""
     else:
         chosen, scope = choose_protocol(family, protocol)
-    return spec.draw(Inputs(chosen, scope, spec.data, ylim, fig7_measure), out)
+    return spec.draw(Inputs(chosen, scope, spec.data, ylim, fig7_measure, folders=folders), out)

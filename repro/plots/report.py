@@ -22,6 +22,8 @@ from repro.plots.registry import (
 )
 from repro.plots.tables import Artefact, final_errors, markdown_table, protocol_order
 from repro.plots.verdicts import NOISE_FLOOR, Verdict, Z, verdict_table, verdicts
+from repro.plots.why import CLAIMS as WHY_CLAIMS
+from repro.plots.why import EXPLODE, HELD_BACK, LEVEL, VANISH, read_diagnostics, why_verdicts
 from repro.results import METRICS, distinct_runs, last_rows, read_results
 
 
@@ -135,7 +137,7 @@ def _add_verdicts(doc: Doc, df: pd.DataFrame, family: str, heading: str, floor: 
     return vs
 
 
-DEMO_ARTEFACTS = ("degradation", "final_errors", "fig7")  # the demo report's, drawn from its one sweep
+DEMO_ARTEFACTS = ("degradation", "final_errors", "fig7", "gradients")  # the demo report's, from its one sweep
 DEMO_EXPERIMENT = "demo-"  # the demo's experiments are named demo-<data> (experiments/exp/demo.yaml's exp_name)
 
 
@@ -155,7 +157,9 @@ def demo_report(doc: Doc, root: Path, out: Path, folders: list[Path], ylim, prot
     nets = tuple(sorted(set(zip(chosen.depth, chosen.shortcut)), key=lambda n: (n[1] != "none", n[0])))
     for name in DEMO_ARTEFACTS:
         spec = ARTEFACTS[name]
-        _add_artefact(doc, spec.draw(Inputs(chosen, scope, spec.data, ylim, nets=nets), out))
+        inputs = Inputs(chosen, scope, spec.data, ylim, nets=nets, folders=tuple(folders))
+        if spec.runs or not inputs.diagnostics().empty:
+            _add_artefact(doc, spec.draw(inputs, out))
     return _add_verdicts(doc, chosen, "cifar10", "Verdicts on the paper's claims", floor)
 
 
@@ -168,11 +172,15 @@ def paper_report(doc: Doc, root: Path, out: Path, folders: list[Path] | None, yl
     cifar, nets = runs_of(select(root, "fig6", folders), "cifar10"), select(root, "fig4", folders)
     imagenet, imagenette = runs_of(nets, "imagenet"), runs_of(nets, "imagenette")
     have = {"cifar10": not cifar.empty, "imagenet": not imagenet.empty, "imagenette": not imagenette.empty}
-    arts = [render(name, root, out, folders, ylim, protocol) for name in PAPER_ARTEFACTS
-            if have[ARTEFACTS[name].data]]
+    def has_files(name: str) -> bool:  # an artefact drawn from files (Spec.runs False): are they there?
+        where = folders or [root / e for e in ARTEFACTS[name].experiments]
+        return any((Path(f) / n).exists() for f in where for n in ("architectures.csv", "diagnostics.csv"))
+
+    drawn = [name for name in PAPER_ARTEFACTS if have[ARTEFACTS[name].data] and (ARTEFACTS[name].runs or has_files(name))]
+    arts = [render(name, root, out, folders, ylim, protocol) for name in drawn]
     if have["cifar10"]:
         arts.append(final_errors(cifar if protocol is None else cifar[cifar.protocol == protocol], out))
-    skipped = [name for name in PAPER_ARTEFACTS if not have[ARTEFACTS[name].data]]
+    skipped = [name for name in PAPER_ARTEFACTS if name not in drawn]
     everything = pd.concat([d for d in (cifar, nets) if not d.empty], ignore_index=True) \
         if not (cifar.empty and nets.empty) else cifar
     doc.h(2, "Scale of the runs")
@@ -185,13 +193,35 @@ def paper_report(doc: Doc, root: Path, out: Path, folders: list[Path] | None, yl
     for art in arts:
         _add_artefact(doc, art)
     if skipped:
-        doc.p(f"Not drawn, for want of runs on their data: {', '.join(skipped)} (ImageNet artefacts read ImageNet "
-              f"runs only; the *_imagenette ones Imagenette runs only).")
+        doc.p(f"Not drawn, for want of runs on their data or of their files: {', '.join(skipped)} (ImageNet "
+              f"artefacts read ImageNet runs only; the *_imagenette ones Imagenette runs only; gradients and signal "
+              f"read diagnostics.csv and table1 architectures.csv: make diagnose).")
     vs = _add_verdicts(doc, cifar, "cifar10", "Verdicts on the paper's claims (CIFAR-10)", floor, protocol)
     vs += _add_verdicts(doc, imagenet, "imagenet", "Verdicts on the paper's claims (ImageNet)", floor)
     if not imagenette.empty:
         vs += _add_verdicts(doc, imagenette, "imagenette",
                             "The same claims on Imagenette (not ImageNet: separate from the paper's)", floor)
+    if have["cifar10"]:
+        why_folders = folders or [root / e for e in ARTEFACTS["gradients"].experiments if (root / e).exists()]
+        vs += add_why(doc, read_diagnostics(why_folders), cifar)
+    return vs
+
+
+def add_why(doc: Doc, diag: pd.DataFrame, runs: pd.DataFrame) -> list:
+    """The section 'Is it vanishing gradients?': what was measured and the four verdicts of repro.plots.why."""
+    doc.h(2, "Is it vanishing gradients?")
+    doc.p("§4.1 says the degradation is 'unlikely to be caused by vanishing gradients' (BN keeps the forward "
+          "signals' variances non-zero, the backward gradients have 'healthy norms') and conjectures that deep plain "
+          "nets 'may have exponentially low convergence rates'. Measured here: the gradient norm layer by layer and "
+          "the forward signal (figures gradients and signal, from diagnostics.csv: repro-diagnose), and the "
+          "iterations each run needs to reach a training-error level (figure convergence, from the runs' curves). "
+          f"Thresholds fixed before measuring (repro/plots/why.py): vanishing = input-side gradient < {VANISH:g} x the "
+          f"output side's; exploding at initialisation = > {EXPLODE:g} x; exponential convergence = the exponential "
+          f"fit of steps to {LEVEL:.0%} against depth beats the power law and predicts the deepest plain net held "
+          f"back within {HELD_BACK:g}x.")
+    vs = why_verdicts(diag, runs)
+    for v in vs:
+        doc.p(f"**{v.claim} — {v.verdict.upper()}.** {WHY_CLAIMS[v.claim]} {v.evidence}.")
     return vs
 
 
@@ -233,7 +263,7 @@ def write_every_report(root: Path, out: Path, ylim="paper", protocol: str | None
     else the paper's from that experiment's runs); says which artefacts have no runs."""
     defaults = {e for name in PAPER_ARTEFACTS for e in ARTEFACTS[name].experiments}
     paths: list[Path] = []
-    if any((root / e).is_dir() for e in defaults):
+    if {f.relative_to(root).parts[0] for f in experiments_under(root)} & defaults:
         paths += write_report(root, out, None, ylim, protocol=protocol, floor=floor)
     for folder in experiments_under(root):
         exp = folder.relative_to(root)

@@ -16,6 +16,8 @@ from repro.results import final_rows, net_rows
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 PAPER_TABLE6_MEAN = {110: (6.61, 0.16)}  # "best (mean ± std)" over 5 runs
 PAPER_TABLE2 = {(18, "none"): 27.94, (18, "A"): 27.88, (34, "none"): 28.54, (34, "A"): 25.03}  # top-1, 10-crop
+PAPER_TABLE1_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}  # Table 1 (multiply-adds, 224x224)
+PAPER_TABLE6_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}  # Table 6
 PAPER_TABLE3 = {(34, "none"): (28.54, 10.02), (34, "A"): (25.03, 7.76), (34, "B"): (24.52, 7.46),
                 (34, "C"): (24.19, 7.40), (50, "B"): (22.85, 6.71), (101, "B"): (21.75, 6.05),
                 (152, "B"): (21.43, 5.71)}
@@ -210,6 +212,31 @@ def final_errors(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
     a = Artefact("final_errors", "Final errors", save_table(table, out, "final_errors", shown), table=shown)
     a.caption = caption([], "Finished runs only. Training error: mean over the mini-batches of the last evaluation "
                              "interval. Test error: last evaluation.", scope)
+    return a
+
+
+def table1(arch: pd.DataFrame, out: Path) -> Artefact:
+    """Table 1 (and Table 6's parameter column): every architecture's layers, parameters and multiply-adds, counted
+    from our modules (`repro-diagnose --architectures`, results/architectures/), beside the paper's."""
+    a = Artefact("table1", "Table 1 — the architectures, counted from our modules")
+    if arch.empty:
+        a.caption = "No architectures.csv (make diagnose writes results/architectures/architectures.csv)."
+        return a
+    rows = []
+    for r in arch.itertuples():
+        imagenet = r.family == "imagenet"
+        paper_g = PAPER_TABLE1_GFLOPS.get(r.depth) if imagenet else None
+        paper_p = None if imagenet else PAPER_TABLE6_PARAMS_M.get(r.depth)
+        rows.append({"data": "ImageNet (224x224)" if imagenet else "CIFAR-10 (32x32)", "net": r.net,
+                     "block": r.block, "blocks per stage": r.blocks_per_stage, "layers": r.weighted_layers,
+                     "params (M)": round(r.params / 1e6, 2), "paper params (M)": paper_p,
+                     "GFLOPs (mult-adds)": round(r.macs / 1e9, 3 if not imagenet else 2), "paper GFLOPs": paper_g})
+    table = pd.DataFrame(rows)
+    a.files, a.table = save_table(table, out, "table1"), table
+    a.caption = ("Weighted layers (convs and fc on the main path; projections not counted, as in the paper's depth), "
+                 "parameters and multiply-adds of one forward pass (the paper's 'FLOPs'), counted by forward hooks on "
+                 "our modules. ImageNet nets: option A for 18/34 (= plain's counts), B for 50/101/152, as Table 3; "
+                 "the paper's values from Table 1 (GFLOPs) and Table 6 (CIFAR parameters).")
     return a
 
 

@@ -25,6 +25,7 @@ from repro.errors import ConfigError, storage_error
 from repro.names import display_name
 from repro.train.checkpoint import State
 from repro.train.config import validate
+from repro.train.diagnostics import Watch
 from repro.train.recorder import Recorder
 from repro.train.run import Run, Trainee
 from repro.train.runtime import all_reduce, distributed, sync_buffers
@@ -82,6 +83,9 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder,
     faults = ("raise", "kill", "term", "stop", "term_launcher", "kill_launcher", "int", "int2") \
         if os.environ.get("REPRO_FAULT") else ()
     bn_start, step_start = bn_counts(t.model), state.step  # what BN had counted when this process took over
+    watch = Watch.start(cfg, src.tensors, rec.dir, state.step)  # diagnostics.every: off unless asked
+    if watch:
+        watch.take(t.model, state.step, lr_at(state.step, o, warm and not state.warmup_done, state.decays))
     t.net.train()
     while state.step < o.total_steps:
         warming_up = warm and not state.warmup_done
@@ -103,6 +107,8 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder,
                 raise RuntimeError(f"the training step is not the eager one ({step.kind}): {broken}")
             row = evaluate(t.net, src, sums, state.step, lr, o.batch_size)
             rec.row(row, step_row)
+            if watch:
+                watch.take(t.model, state.step, lr)
             sums.zero_()
             step_row = state.step
             if not math.isfinite(row["train_loss"]):

@@ -1,0 +1,332 @@
+"""Why deeper plain nets train worse: the two explanations, measured (torch-free; the measurements come from
+`repro-diagnose`, repro/diagnose.py, and from the runs' training curves).
+
+- Gradients and signals by layer (`diagnostics.csv`): figures `gradients` and `signal`.
+- Convergence rate (`convergence`): for each run, the first evaluation at which its training error is below
+  each of LEVELS; against depth, for plain and residual nets, with an exponential fit (log steps linear in
+  depth) and a power law (log steps linear in log depth), each slope with its standard error, and each fit's
+  prediction of the deepest net from the others (held back).
+- Verdicts on the two explanations (`why_verdicts`), on thresholds fixed here before any reference net was
+  measured (issue 32):
+    plain_gradients_vanish            the input-side gradient (the residual stream's, after the first conv)
+                                      is below VANISH times the output side's (after the last block) in some
+                                      measured plain net, seed and step
+    plain_gradients_explode_at_init   at initialisation it is above EXPLODE times the output side's in every
+                                      seed of the deepest plain net measured
+    block_gain_at_least_one           every residual block's backward gain (||dL/dx_in|| / ||dL/dx_out||) is
+                                      >= 1, the "1 + F'(x)" argument; the fraction below 1 is the evidence
+    plain_convergence_slows_exponentially  for the plain nets (>= 3 depths reaching LEVEL), the exponential fit
+                                      has the smaller residual and predicts the held-back deepest net's steps
+                                      within a factor HELD_BACK
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from repro.names import display_name  # noqa: E402
+from repro.plots.tables import Artefact, save_table  # noqa: E402
+
+VANISH = 1 / 100  # input-side / output-side gradient norm below this: vanishing (issue 32, stated beforehand)
+EXPLODE = 10.0  # above this at initialisation: exploding toward the input
+HELD_BACK = 1.5  # the exponential fit predicts the deepest plain net's steps within this factor
+LEVELS = (0.8, 0.6, 0.4)  # training-error levels whose first crossing is the convergence measure
+LEVEL = 0.6  # the level the verdict and the figure's fits use (the issue's 60%)
+CLAIMS = {
+    "plain_gradients_vanish": "Gradients vanish toward the input in deep plain nets (the popular explanation).",
+    "plain_gradients_explode_at_init": "At initialisation, gradients grow toward the input in deep plain BN nets "
+                                       "(mean-field theory, Yang et al. 2019).",
+    "block_gain_at_least_one": "Every residual block passes at least as much gradient back as it receives "
+                               "(the '1 + F'(x) >= 1' argument).",
+    "plain_convergence_slows_exponentially": "Deep plain nets converge exponentially slower with depth (§4.1's "
+                                             "conjecture).",
+}
+
+
+@dataclass
+class WhyVerdict:
+    """A verdict on an explanation (report.verdict_table and the terminal read it as they read Verdict)."""
+
+    claim: str
+    verdict: str  # holds, does not hold, not measured
+    value: float
+    threshold: str
+    evidence: str
+
+    family = "cifar10"
+    protocol = "diagnostics"
+
+    def row(self) -> dict:
+        return {"family": self.family, "protocol": self.protocol, "claim": self.claim, "verdict": self.verdict,
+                "margin": round(self.value, 6) if np.isfinite(self.value) else np.nan, "se": np.nan,
+                "threshold": self.threshold, "seeds": np.nan, "nets": "", "evidence": self.evidence}
+
+
+def read_diagnostics(folders) -> pd.DataFrame:
+    """Every diagnostics.csv in `folders` and in their run folders (repro.diagnose.COLUMNS), one frame."""
+    files = []
+    for f in folders:
+        f = Path(f)
+        files += [f / "diagnostics.csv"] + sorted(f.glob("*/diagnostics.csv"))
+    frames = [pd.read_csv(p).assign(file=str(p)) for p in files if p.exists()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def stream_ratios(diag: pd.DataFrame) -> pd.DataFrame:
+    """Per (net, depth, shortcut, width, seed, step, data): the input-side over the output-side gradient of the
+    residual stream (first row with a stream gradient over the last)."""
+    rows = []
+    keys = ["net", "depth", "shortcut", "width", "seed", "step", "data"]
+    for key, g in diag.dropna(subset=["stream_grad_norm"]).sort_values("layer").groupby(keys):
+        rows.append(dict(zip(keys, key), ratio=g.stream_grad_norm.iloc[0] / g.stream_grad_norm.iloc[-1]))
+    return pd.DataFrame(rows, columns=[*keys, "ratio"])
+
+
+def _nets(diag: pd.DataFrame) -> list[tuple[int, str]]:
+    return sorted(set(zip(diag.depth, diag.shortcut)), key=lambda n: (n[1] != "none", n[0]))
+
+
+def _by_layer(diag: pd.DataFrame, out: Path, name: str, title: str, column: str, ylabel: str, log: bool,
+              note: str) -> Artefact:
+    """`column` against layer, plain nets left, residual right, one row of panels per step measured; the mean over
+    seeds, the band their min to max."""
+    diag = diag.dropna(subset=[column])
+    steps = sorted(diag.step.unique()) or [0]
+    fig, axes = plt.subplots(len(steps), 2, figsize=(11, 3.4 * len(steps)), squeeze=False, sharey=True)
+    cmap = plt.cm.viridis
+    depths = sorted(diag.depth.unique())
+    for r, step in enumerate(steps):
+        for c, plain in enumerate((True, False)):
+            ax = axes[r][c]
+            sub = diag[(diag.step == step) & ((diag.shortcut == "none") == plain)]
+            for depth, g in sub.groupby("depth"):
+                stats = g.groupby("layer")[column].agg(["mean", "min", "max"])
+                color = cmap(depths.index(depth) / max(1, len(depths) - 1))
+                seeds = g.seed.nunique()
+                ax.plot(stats.index, stats["mean"], color=color,
+                        label=f"{g.net.iloc[0]}" + (f" ({seeds} seeds)" if seeds > 1 else ""))
+                if seeds > 1:
+                    ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
+            ax.set_title(f"{'plain' if plain else 'residual'} nets, " + ("at initialisation" if step == 0
+                                                                         else f"after {step} iterations"))
+            if log:
+                ax.set_yscale("log")
+            ax.set_xlabel("layer (input → output)")
+            ax.grid(alpha=0.3)
+            if c == 0:
+                ax.set_ylabel(ylabel)
+            if len(sub):
+                ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    from repro.plots.figures import save
+    files = save(fig, out, name)
+    data = ", ".join(sorted(set(diag.data))) or "—"
+    return Artefact(name, title, files, caption=f"{note} Measured by repro-diagnose on fixed training batches of "
+                                                f"{data}, training mode. {_count(diag)}")
+
+
+def _count(diag: pd.DataFrame) -> str:
+    if diag.empty:
+        return "No diagnostics.csv found (run repro-diagnose; make diagnose)."
+    per = diag.groupby(["net", "step"]).seed.nunique()
+    return "Nets: " + "; ".join(f"{n} at step {s} ({k} seed{'s' if k > 1 else ''})" for (n, s), k in per.items()) + "."
+
+
+def gradients(diag: pd.DataFrame, out: Path) -> Artefact:
+    """The check §4.1 describes: the backward gradient's norm, layer by layer (the convs; the fc's logits, another
+    quantity, left out)."""
+    return _by_layer(diag[diag.name != "fc"] if len(diag) else diag, out, "gradients", "Gradient norm by layer, plain vs residual (§4.1)", "act_grad_norm",
+                     "||dL/dy|| (y: a layer's BN output)", True,
+                     "The norm of the loss gradient with respect to each conv layer's output (its BN output), the "
+                     "batch-mean cross-entropy's, averaged over the batches. A line falling toward "
+                     "the input (left) would be vanishing gradients; rising toward it, exploding ones.")
+
+
+def signal(diag: pd.DataFrame, out: Path) -> Artefact:
+    """The forward signal: the std of each block's output (the residual stream), §4.1's 'non-zero variances'."""
+    return _by_layer(diag, out, "signal", "Forward signal by layer: std of each block's output", "stream_std",
+                     "std of the block's output", True,
+                     "The standard deviation of every block's output (after the addition and the ReLU; for plain "
+                     "nets the block's output), and of the first conv's (after its ReLU), on the batch.")
+
+
+def convergence_steps(df: pd.DataFrame, levels=LEVELS) -> pd.DataFrame:
+    """Per run: the first evaluated step at which the training error (the row's window mean) is below each level
+    (NaN when it never is). Runs of the lr-0.1 phase only (rows before the first lr drop)."""
+    rows = []
+    for path, g in df.groupby("path"):
+        g = g.sort_values("step")
+        first_lr = g.lr.iloc[0]
+        g = g[g.lr == first_lr]
+        row = {"path": path, "depth": int(g.depth.iloc[0]), "shortcut": g.shortcut.iloc[0],
+               "seed": int(g.seed.iloc[0]), "protocol": g.protocol.iloc[0], "eval_every": int(g.step.diff().min())
+               if len(g) > 1 else np.nan}
+        for lv in levels:
+            hit = g[g.train_err < lv]
+            row[f"steps_to_{int(lv * 100)}"] = float(hit.step.iloc[0]) if len(hit) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Fit:
+    kind: str  # exponential or power
+    slope: float
+    slope_se: float
+    intercept: float
+    rss: float  # residual sum of squares of log(steps)
+    held_back_ratio: float  # predicted / observed steps of the deepest net, fitted without it (NaN: < 3 others)
+
+    def predict(self, depth) -> np.ndarray:
+        x = np.asarray(depth, float) if self.kind == "exponential" else np.log(np.asarray(depth, float))
+        return np.exp(self.intercept + self.slope * x)
+
+
+def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """slope, its standard error, intercept, residual sum of squares."""
+    a = np.vstack([x, np.ones_like(x)]).T
+    (slope, icpt), *_ = np.linalg.lstsq(a, y, rcond=None)
+    res = y - (slope * x + icpt)
+    rss = float(res @ res)
+    dof = len(x) - 2
+    se = float(np.sqrt(rss / dof / ((x - x.mean()) ** 2).sum())) if dof > 0 else np.nan
+    return float(slope), se, float(icpt), rss
+
+
+def fit(depths, steps, kind: str) -> Fit:
+    """log(steps) = a + b * depth (exponential) or a + b * log(depth) (power law), least squares over runs."""
+    d, s = np.asarray(depths, float), np.asarray(steps, float)
+    x = d if kind == "exponential" else np.log(d)
+    slope, se, icpt, rss = _ols(x, np.log(s))
+    ratio = np.nan
+    deepest = d.max()
+    rest = d < deepest
+    if len(np.unique(d[rest])) >= 2:
+        b, _, a, _ = _ols(x[rest], np.log(s[rest]))
+        xd = deepest if kind == "exponential" else np.log(deepest)
+        ratio = float(np.exp(a + b * xd) / np.exp(np.log(s[~rest]).mean()))
+    return Fit(kind, slope, se, icpt, rss, ratio)
+
+
+def convergence(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
+    """Steps to reach LEVEL training error against depth, plain and residual, with both fits (figure), and every
+    run's steps to each of LEVELS (table)."""
+    steps = convergence_steps(df) if not df.empty else pd.DataFrame()
+    col = f"steps_to_{int(LEVEL * 100)}"
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    notes = []
+    for plain, color in ((True, "#d62728"), (False, "#1f77b4")):
+        sub = steps[(steps.shortcut == "none") == plain].dropna(subset=[col]) if len(steps) else steps
+        name = "plain" if plain else "residual"
+        if sub.empty:
+            continue
+        ax.scatter(sub.depth, sub[col], color=color, label=f"{name} nets")
+        if sub.depth.nunique() >= 3:
+            grid = np.linspace(sub.depth.min(), sub.depth.max(), 50)
+            for f, ls in ((fit(sub.depth, sub[col], "exponential"), "-"), (fit(sub.depth, sub[col], "power"), ":")):
+                ax.plot(grid, f.predict(grid), ls=ls, color=color, lw=1,
+                        label=f"{name}: {f.kind} fit (slope {f.slope:.3g} ± {f.slope_se:.2g})")
+                notes.append(f"{name} {f.kind}: slope {f.slope:.4g} ± {f.slope_se:.2g}, residual {f.rss:.3g}, "
+                             f"held-back deepest predicted/observed {f.held_back_ratio:.2f}")
+        never = steps[((steps.shortcut == "none") == plain) & steps[col].isna()] if len(steps) else steps
+        if len(never):
+            notes.append(f"{name} runs that never reached {LEVEL:.0%}: " + ", ".join(
+                display_name(d, s) for d, s in zip(never.depth, never.shortcut)))
+    ax.set_yscale("log")
+    ax.set_xlabel("depth (layers)")
+    ax.set_ylabel(f"iterations to training error < {LEVEL:.0%}")
+    ax.set_title("Convergence rate against depth (first lr phase)")
+    ax.grid(alpha=0.3)
+    if len(steps):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    from repro.plots.figures import save
+    files = save(fig, out, "convergence")
+    if len(steps):
+        files += save_table(steps.drop(columns=["path"]).sort_values(["shortcut", "depth", "seed"]), out,
+                            "convergence")
+    grid_note = f" Evaluated every {int(steps.eval_every.min())} iterations: a step is known to that grid." \
+        if len(steps) and steps.eval_every.notna().any() else ""
+    return Artefact("convergence", "Convergence rate against depth", files,
+                    caption=f"The first evaluation at which each run's training error (the window's mean) is below "
+                            f"{LEVEL:.0%}, in its first lr phase.{grid_note} Fits in log steps: exponential "
+                            f"(log steps linear in depth) and power law (linear in log depth). "
+                            + " ".join(n + "." for n in notes) + (f" {scope}" if scope else ""))
+
+
+def why_verdicts(diag: pd.DataFrame, runs: pd.DataFrame) -> list[WhyVerdict]:
+    """The module docstring's four claims, on these measurements."""
+    out = []
+    ratios = stream_ratios(diag) if not diag.empty else pd.DataFrame(columns=["shortcut", "ratio", "step", "depth"])
+    plain = ratios[ratios.shortcut == "none"]
+    if plain.empty:
+        out.append(WhyVerdict("plain_gradients_vanish", "not measured", np.nan, f"< {VANISH:g}",
+                              "no plain net in diagnostics.csv"))
+        out.append(WhyVerdict("plain_gradients_explode_at_init", "not measured", np.nan, f"> {EXPLODE:g}",
+                              "no plain net in diagnostics.csv"))
+    else:
+        low = plain.loc[plain.ratio.idxmin()]
+        out.append(WhyVerdict("plain_gradients_vanish", "holds" if low.ratio < VANISH else "does not hold",
+                              float(low.ratio), f"< {VANISH:g}",
+                              f"smallest input-side / output-side gradient ratio over {len(plain)} plain measurements "
+                              f"(at step{'s' if plain.step.nunique() > 1 else ''} "
+                              f"{', '.join(str(int(s)) for s in sorted(plain.step.unique()))}): "
+                              f"{low.ratio:.3g} ({low.net}, seed {low.seed}, step {low.step})"
+                              + (" — at initialisation only: trained nets not measured" if plain.step.max() == 0
+                                 else "")))
+        init = plain[plain.step == 0]
+        if init.empty:
+            out.append(WhyVerdict("plain_gradients_explode_at_init", "not measured", np.nan, f"> {EXPLODE:g}",
+                                  "no plain net measured at initialisation"))
+        else:
+            deep = init[init.depth == init.depth.max()]
+            lowest = float(deep.ratio.min())
+            out.append(WhyVerdict("plain_gradients_explode_at_init", "holds" if lowest > EXPLODE else "does not hold",
+                                  lowest, f"> {EXPLODE:g}",
+                                  f"{deep.net.iloc[0]} at initialisation, {len(deep)} seeds: input-side / output-side "
+                                  f"gradient {deep.ratio.min():.3g} to {deep.ratio.max():.3g}"))
+    gains = diag[(diag.shortcut != "none") & diag.block_gain.notna()] if not diag.empty else diag
+    if gains.empty:
+        out.append(WhyVerdict("block_gain_at_least_one", "not measured", np.nan, "none < 1",
+                              "no residual net in diagnostics.csv"))
+    else:
+        below = (gains.block_gain < 1).mean()
+        worst = gains.loc[gains.block_gain.idxmin()]
+        out.append(WhyVerdict("block_gain_at_least_one", "holds" if below == 0 else "does not hold", float(below),
+                              "none < 1", f"{below:.1%} of {len(gains)} residual blocks measured have a backward gain "
+                                          f"below 1; the smallest {worst.block_gain:.3f} ({worst.net} {worst['name']}, "
+                                          f"seed {worst.seed}, step {worst.step})"))
+    out.append(_convergence_verdict(runs))
+    return out
+
+
+def _convergence_verdict(runs: pd.DataFrame) -> WhyVerdict:
+    name = "plain_convergence_slows_exponentially"
+    col = f"steps_to_{int(LEVEL * 100)}"
+    steps = convergence_steps(runs) if not runs.empty else pd.DataFrame(columns=["shortcut", col, "depth"])
+    plain = steps[steps.shortcut == "none"].dropna(subset=[col])
+    if len(plain):  # one protocol, never pooled: the one with the most plain depths
+        plain = plain[plain.protocol == plain.groupby("protocol").depth.nunique().idxmax()]
+    if plain.depth.nunique() < 3:
+        return WhyVerdict(name, "not measured", np.nan, f"exp. residual smaller, held back within {HELD_BACK:g}x",
+                          f"needs plain nets of >= 3 depths reaching {LEVEL:.0%} (have {plain.depth.nunique()})")
+    e, p = fit(plain.depth, plain[col], "exponential"), fit(plain.depth, plain[col], "power")
+    within = np.isfinite(e.held_back_ratio) and 1 / HELD_BACK <= e.held_back_ratio <= HELD_BACK
+    ok = e.slope > 0 and e.rss < p.rss and within
+    return WhyVerdict(name, "holds" if ok else "does not hold", e.held_back_ratio,
+                      f"exp. residual smaller, held back within {HELD_BACK:g}x",
+                      f"{len(plain)} plain runs ({plain.seed.nunique()} seed(s)) of protocol {plain.protocol.iloc[0]}, "
+                      f"depths {', '.join(map(str, sorted(plain.depth.unique())))}, evaluated every "
+                      f"{int(plain.eval_every.min())} iterations (a crossing is known to that grid): "
+                      f"exponential slope {e.slope:.4g} ± {e.slope_se:.2g} per layer (steps "
+                      f"x{np.exp(e.slope * 12):.2f} per 12 layers), residual {e.rss:.3g}; power law exponent {p.slope:.3g} ± {p.slope_se:.2g}, "
+                      f"residual {p.rss:.3g}; the deepest held back: exponential predicts {e.held_back_ratio:.2f}x, "
+                      f"power law {p.held_back_ratio:.2f}x its observed steps")
