@@ -129,7 +129,10 @@ def select(results: Path, name: str, explicit: list[Path] | None) -> pd.DataFram
 
 
 def check_inputs(results: Path, names: list[str], explicit: list[Path] | None, protocol: str | None) -> None:
-    """Before anything is written: there are runs to draw, and `protocol` (if given) is one of theirs."""
+    """Before anything is written: there are runs to draw, and `protocol` (if given) is one of theirs. (Artefacts
+    drawn from files, not runs — table1, gradients, signal — say in their caption when the files are missing.)"""
+    if names and not any(ARTEFACTS[n].runs for n in names):
+        return
     sets = [select(results, n, explicit) for n in names] if names else [distinct_runs(read_results(explicit or []))]
     frames = [f for f in sets if not f.empty]
     if not frames:

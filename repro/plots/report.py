@@ -265,6 +265,8 @@ def write_every_report(root: Path, out: Path, ylim="paper", protocol: str | None
     paths: list[Path] = []
     if {f.relative_to(root).parts[0] for f in experiments_under(root)} & defaults:
         paths += write_report(root, out, None, ylim, protocol=protocol, floor=floor)
+    elif (root / "architectures" / "architectures.csv").exists():  # Table 1 needs no runs
+        paths += render("table1", root, out).files
     for folder in experiments_under(root):
         exp = folder.relative_to(root)
         if exp.parts[0] in defaults:

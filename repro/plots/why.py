@@ -160,12 +160,11 @@ def signal(diag: pd.DataFrame, out: Path) -> Artefact:
 
 def convergence_steps(df: pd.DataFrame, levels=LEVELS) -> pd.DataFrame:
     """Per run: the first evaluated step at which the training error (the row's window mean) is below each level
-    (NaN when it never is). Runs of the lr-0.1 phase only (rows before the first lr drop)."""
+    (NaN when it never is), before the first lr drop (a warm-up's rows, below the peak lr, count: they come first)."""
     rows = []
     for path, g in df.groupby("path"):
         g = g.sort_values("step")
-        first_lr = g.lr.iloc[0]
-        g = g[g.lr == first_lr]
+        g = g[(g.lr >= g.lr.cummax()).cumprod().astype(bool)]  # up to the first row below the peak so far
         row = {"path": path, "depth": int(g.depth.iloc[0]), "shortcut": g.shortcut.iloc[0],
                "seed": int(g.seed.iloc[0]), "protocol": g.protocol.iloc[0], "eval_every": int(g.step.diff().min())
                if len(g) > 1 else np.nan}
