@@ -78,7 +78,7 @@ class Spec:
 
 
 CIFAR_FIGURES = ("fig6_plain", "fig6_resnet", "fig6_1202", "table6")
-IMAGENET_FIG4 = ("fig4", "table2", "fig4_imagenette", "fig4_short")
+IMAGENET_FIG4 = ("fig4", "table2", "fig4_imagenette")
 WHY = ("fig6_plain", "fig6_resnet", "convergence")  # the experiments whose runs (and diagnostics) say why
 ARTEFACTS: dict[str, Spec] = {
     "fig1": Spec("figure", lambda i, out: fig1(i.runs, out, scope=i.scope, **i.axes()), "cifar10",
@@ -97,7 +97,7 @@ ARTEFACTS: dict[str, Spec] = {
     "fig4_imagenette": Spec("figure", lambda i, out: fig4(i.runs, out, scope=i.scope, data=i.data, **i.axes()),
                             "imagenette", IMAGENET_FIG4),
     "table2_imagenette": Spec("table", lambda i, out: table2(i.runs, i.finals(), out, i.scope, i.data), "imagenette",
-                              ("table2", "fig4", "fig4_imagenette", "fig4_short")),
+                              ("table2", "fig4", "fig4_imagenette")),
     # why plain nets degrade (repro.plots.why): diagnostics.csv beside the runs, and the runs' curves
     "gradients": Spec("figure", lambda i, out: gradients(i.diagnostics(), out), "cifar10", WHY, runs=False),
     "signal": Spec("figure", lambda i, out: signal(i.diagnostics(), out), "cifar10", WHY, runs=False),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +174,7 @@ class Watch:
     def __init__(self, path: Path, every: int, eval_every: int, total: int, batches, head: dict, rows: list[dict]):
         self.path, self.every, self.eval_every, self.total = path, every, eval_every, total
         self.batches, self.head, self.rows = batches, head, rows
+        self.seconds = 0.0  # spent measuring in this process (meta.json's diagnostics_s: its cost, beside wall_time)
 
     @classmethod
     def start(cls, cfg, data: ImageData | None, run_dir: Path | None, step: int) -> "Watch | None":
@@ -199,14 +201,18 @@ class Watch:
             return True
         return step % self.eval_every == 0 and (step // self.eval_every) % self.every == 0
 
-    def take(self, model: ResNet, step: int, lr: float) -> None:
+    def take(self, model: ResNet, step: int, lr: float) -> bool:
+        """Measure `model` at `step` if due (and not yet measured); whether it did."""
         if not self.due(step) or any(int(r["step"]) == step for r in self.rows):
-            return
+            return False
+        t0 = time.perf_counter()
         device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             measured = measure(model, self.batches, lr)
         self.rows += [{**self.head, "step": step, **r} for r in measured]
         write_csv(self.rows, self.path)
+        self.seconds += time.perf_counter() - t0
+        return True
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -107,8 +107,8 @@ def train(cfg: DictConfig, t: Trainee, src: Source, state: State, rec: Recorder,
                 raise RuntimeError(f"the training step is not the eager one ({step.kind}): {broken}")
             row = evaluate(t.net, src, sums, state.step, lr, o.batch_size)
             rec.row(row, step_row)
-            if watch:
-                watch.take(t.model, state.step, lr)
+            if watch and watch.take(t.model, state.step, lr):
+                rec.note(diagnostics_s=round(watch.seconds, 2))  # this process's share (a resumed run: since then)
             sums.zero_()
             step_row = state.step
             if not math.isfinite(row["train_loss"]):
