@@ -2,8 +2,9 @@
 
     python -m repro.demo [--cifar10 DIR | --embedded] [extra Hydra overrides...]     (or: repro-demo ...)
 
-Data, in this order: CIFAR-10 at DIR; else a download into DIR when online; else the embedded synthetic
-task (--embedded: that task, without looking). The choice and the reason are printed first and recorded in
+Data, in this order: CIFAR-10 at DIR; else a download into DIR when online; else the embedded dead-leaves
+task (repro.data.deadleaves: natural images' spectrum and occlusion, made from a seed; --embedded: that task,
+without looking). The choice and the reason are printed first and recorded in
 every run's meta.json and the report.
 """
 from __future__ import annotations
@@ -20,20 +21,22 @@ from pathlib import Path
 from repro.data.cifar import download_cifar10, find_cifar_dir
 from repro.errors import INTERRUPTED, DataError, command
 
+EMBEDDED_DEFAULT = "deadleaves"  # the offline demo's task (docs/demo.md: why dead leaves, not the sinusoid task)
+
 
 def choose_data(root: Path, embedded: bool = False) -> tuple[list[str], str, str]:
     """(Hydra overrides, data name, why) for the demo's data set."""
     if embedded:
-        return ["data.name=synthetic"], "synthetic", "the embedded synthetic task (--embedded)"
+        return [f"data.name={EMBEDDED_DEFAULT}"], EMBEDDED_DEFAULT, f"the embedded {EMBEDDED_DEFAULT} task (--embedded)"
     if find_cifar_dir(root) is not None:
         return [f"data.root={root}"], "cifar10", f"CIFAR-10 found at {root}"
     try:
         download_cifar10(root)
         return [f"data.root={root}"], "cifar10", f"CIFAR-10 downloaded into {root}"
     except DataError as e:
-        why = (f"CIFAR-10 is not at {root} and could not be downloaded ({e}); using the embedded synthetic "
-               f"task instead. For the real thing: make demo CIFAR10=/path/to/folder-with-cifar-10-batches-py")
-        return ["data.name=synthetic"], "synthetic", why
+        why = (f"CIFAR-10 is not at {root} and could not be downloaded ({e}); using the embedded dead-leaves task "
+               f"instead. For the real thing: make demo CIFAR10=/path/to/folder-with-cifar-10-batches-py")
+        return [f"data.name={EMBEDDED_DEFAULT}"], EMBEDDED_DEFAULT, why
 
 
 def train_sweep(cmd: list[str]) -> int:
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar10", type=Path, default=Path("data/cifar10"), help="folder holding cifar-10-batches-py")
-    p.add_argument("--embedded", action="store_true", help="the embedded synthetic task, without looking for CIFAR-10")
+    p.add_argument("--embedded", action="store_true",
+                   help="the embedded dead-leaves task, without looking for CIFAR-10")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--plots", type=Path, default=Path("plots"))
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the runs (e.g. seed=1)")

@@ -109,7 +109,7 @@ def test_the_demo_falls_back_to_the_embedded_task_only_when_cifar_is_absent(tmp_
 
     monkeypatch.setattr(demo, "download_cifar10", offline)
     overrides, name, why = demo.choose_data(tmp_path / "none")
-    assert (overrides, name) == (["data.name=synthetic"], "synthetic") and "could not be downloaded" in why
+    assert (overrides, name) == (["data.name=deadleaves"], "deadleaves") and "could not be downloaded" in why
     assert demo.choose_data(tiny_cifar)[:2] == ([f"data.root={tiny_cifar}"], "cifar10")
     (tiny_cifar / "cifar-10-batches-py" / "test_batch").write_bytes(b"broken")
     assert demo.choose_data(tiny_cifar)[1] == "cifar10"  # a broken real set is used (and fails), never replaced

@@ -83,7 +83,8 @@ def test_an_installed_wheel_runs_the_demo_from_its_entry_point(installed):
     demo = subprocess.run([str(venv / "bin" / "repro-demo"), "--embedded", "optim.total_steps=40", "eval_every=20",
                            "data.test_size=200"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
-    out = work / "plots" / "demo-synthetic"
+    out = work / "plots" / "demo-deadleaves"
     for f in ("degradation.png", "final_errors.md", "verdicts.csv", "report.md", "report.html"):
         assert (out / f).stat().st_size > 0, f
-    assert len(list((work / "results" / "demo-synthetic").glob("*/metrics.csv"))) == 4
+    assert len(list((work / "results" / "demo-deadleaves").glob("*/metrics.csv"))) == 4
+    assert (work / "results" / "demo-deadleaves" / "diagnostics.csv").exists()  # the init-time gradient figure's

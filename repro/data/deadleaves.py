@@ -10,7 +10,7 @@ colours (the same for every class). So the class is in local shape alone: a line
 find it, a CNN can (tests/test_deadleaves.py). Exact from the seed, on every machine (numpy's PCG64).
 
 `data=deadleaves` trains on it (its 60,000 images take 20-40 s to make on 2 CPU cores, in every run's
-process). It is not yet the demo's default: docs/demo.md says what has been measured.
+process). It is the offline demo's task (repro.demo.EMBEDDED_DEFAULT); docs/demo.md says what has been measured.
 """
 from __future__ import annotations
 

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                         "with the most nets, of those the closest to the paper's; tables show every protocol)")
     p.add_argument("--fig7-measure", default="std", choices=["std", "branch_over_shortcut", "gamma_abs_mean"],
                    help="fig7: the responses.csv column drawn (default std, the paper's; the caption says which)")
-    p.add_argument("--noise-floor", type=float, default=NOISE_FLOOR,
-                   help=f"verdicts: seed-to-seed std (points) assumed for a net with one seed (default {NOISE_FLOOR})")
+    p.add_argument("--noise-floor", type=float, default=None,
+                   help=f"verdicts: seed-to-seed std (points) assumed for a net with one seed (default {NOISE_FLOOR}; "
+                        f"the demo's report: the spread measured over its seeds on the same data, docs/demo.md)")
     args = p.parse_args(argv)
     try:
         ylim = args.ylim if args.ylim in ("paper", "auto") else tuple(float(v) for v in args.ylim.split(","))

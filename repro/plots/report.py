@@ -21,7 +21,7 @@ from repro.plots.registry import (
     select,
 )
 from repro.plots.tables import Artefact, final_errors, markdown_table, protocol_order
-from repro.plots.verdicts import NOISE_FLOOR, Verdict, Z, verdict_table, verdicts
+from repro.plots.verdicts import NOISE_FLOOR, Verdict, Z, demo_floor, verdict_table, verdicts
 from repro.plots.why import CLAIMS as WHY_CLAIMS
 from repro.plots.why import EXPLODE, HELD_BACK, LEVEL, VANISH, read_diagnostics, why_verdicts
 from repro.results import METRICS, distinct_runs, last_rows, read_results
@@ -113,7 +113,7 @@ def _add_artefact(doc: Doc, art: Artefact) -> None:
 
 
 def _add_verdicts(doc: Doc, df: pd.DataFrame, family: str, heading: str, floor: float,
-                  protocol: str | None = None) -> list[Verdict]:
+                  protocol: str | None = None, floor_source: str = "`--noise-floor`") -> list[Verdict]:
     """The four claims for every protocol of `df` (fewest deviations from the paper first), or for `protocol`;
     all 'not measured' when there are no runs."""
     doc.h(2, heading)
@@ -127,7 +127,7 @@ def _add_verdicts(doc: Doc, df: pd.DataFrame, family: str, heading: str, floor: 
           f"the margin (in the paper's direction) exceeds {Z:g} standard errors, does not hold when it is beyond "
           f"{Z:g} standard errors the other way, and is inconclusive in between. The standard error comes from the "
           f"seed-to-seed spread where a net has several seeds, else from a noise floor of {floor:g} points per "
-          f"net (`--noise-floor`).")
+          f"net ({floor_source}).")
     for protocol_name in dict.fromkeys(v.protocol for v in vs):
         if len({v.protocol for v in vs}) > 1 or protocol_name != "—":
             doc.p(f"Protocol: **{protocol_name}**")
@@ -142,7 +142,7 @@ DEMO_EXPERIMENT = "demo-"  # the demo's experiments are named demo-<data> (exper
 
 
 def demo_report(doc: Doc, root: Path, out: Path, folders: list[Path], ylim, protocol: str | None,
-                floor: float) -> list[Verdict]:
+                floor: float | None) -> list[Verdict]:
     """The demo's report (a sweep of any depths, e.g. exp=demo): the scale, DEMO_ARTEFACTS from one protocol of
     its runs, and the verdicts."""
     check_inputs(root, [], folders, protocol)
@@ -160,7 +160,11 @@ def demo_report(doc: Doc, root: Path, out: Path, folders: list[Path], ylim, prot
         inputs = Inputs(chosen, scope, spec.data, ylim, nets=nets, folders=tuple(folders))
         if spec.runs or not inputs.diagnostics().empty:
             _add_artefact(doc, spec.draw(inputs, out))
-    return _add_verdicts(doc, chosen, "cifar10", "Verdicts on the paper's claims", floor)
+    data = chosen.data.iloc[0] if len(chosen) else ""
+    measured, source = demo_floor(data)
+    if floor is not None:
+        measured, source = floor, "`--noise-floor`"
+    return _add_verdicts(doc, chosen, "cifar10", "Verdicts on the paper's claims", measured, floor_source=source)
 
 
 def paper_report(doc: Doc, root: Path, out: Path, folders: list[Path] | None, ylim, protocol: str | None,
@@ -229,9 +233,11 @@ REPORTS = {"paper": paper_report, "demo": demo_report}
 
 
 def write_report(root: Path, out: Path, explicit: list[Path] | None, ylim="paper", demo: bool = False,
-                 protocol: str | None = None, floor: float = NOISE_FLOOR) -> list[Path]:
+                 protocol: str | None = None, floor: float | None = None) -> list[Path]:
     """One document (the demo's, or the paper's: REPORTS), its artefacts, report.md, report.html and verdicts.csv
-    in `out`."""
+    in `out`. `floor`: the noise floor of a one-seed net (None: the demo's measured one, else NOISE_FLOOR)."""
+    if floor is None and not demo:
+        floor = NOISE_FLOOR
     doc = Doc()
     build = REPORTS["demo" if demo else "paper"]
     vs = build(doc, root, out, (explicit or [root]) if demo else explicit, ylim, protocol, floor)
@@ -257,14 +263,14 @@ def experiments_under(root: Path) -> list[Path]:
 
 
 def write_every_report(root: Path, out: Path, ylim="paper", protocol: str | None = None,
-                       floor: float = NOISE_FLOOR) -> list[Path]:
+                       floor: float | None = None) -> list[Path]:
     """`make report` on a results tree: the paper's report from its default experiments (into `out`) where they
     have runs, and a report of every other experiment present (into out/<experiment>/: the demo's for demo-*,
     else the paper's from that experiment's runs); says which artefacts have no runs."""
     defaults = {e for name in PAPER_ARTEFACTS for e in ARTEFACTS[name].experiments}
     paths: list[Path] = []
     if {f.relative_to(root).parts[0] for f in experiments_under(root)} & defaults:
-        paths += write_report(root, out, None, ylim, protocol=protocol, floor=floor)
+        paths += write_report(root, out, None, ylim, protocol=protocol, floor=NOISE_FLOOR if floor is None else floor)
     elif (root / "architectures" / "architectures.csv").exists():  # Table 1 needs no runs
         paths += render("table1", root, out).files
     for folder in experiments_under(root):

@@ -27,6 +27,10 @@ from repro.results import final_rows
 # runs vary less (Table 6's ResNet-110: 0.16 in test error, §4.2), so the floor is conservative there; set it
 # with `python -m repro.plots report --noise-floor POINTS`.
 NOISE_FLOOR = 1.5
+# The demo's floor, by data set: the seed-to-seed std of final training error at the demo's protocol (exp=demo),
+# pooled over its four nets (`pooled_seed_std`), from its committed seeds 0-4 (results/demo-8-20-seed<s>/demo-<data>,
+# docs/demo.md); tests/test_plots.py recomputes it from those runs. Other data sets: NOISE_FLOOR.
+DEMO_NOISE_FLOOR: dict[str, float] = {}
 Z = 2.0  # margins beyond two standard errors count
 WORDS = ("holds", "does not hold", "inconclusive", "not measured")
 CLAIMS = {
@@ -80,6 +84,20 @@ def net_stats(final: pd.DataFrame, floor: float) -> dict[tuple[int, str], NetSta
         n = len(err)
         out[(int(depth), str(sc))] = NetStats(float(err.mean()), float(err.std()) if n > 1 else floor, n)
     return out
+
+
+def pooled_seed_std(final: pd.DataFrame) -> float:
+    """sqrt of the mean over nets of their seed-to-seed variance of final training error, in points (nets with
+    at least two seeds): one noise floor for a set of nets measured over the same seeds."""
+    var = [(100 * g.train_err.astype(float)).var() for _, g in final.groupby(["depth", "shortcut"]) if len(g) > 1]
+    return float(sqrt(sum(var) / len(var))) if var else float("nan")
+
+
+def demo_floor(data: str) -> tuple[float, str]:
+    """The noise floor for a demo on `data`, and where it comes from (the report says it)."""
+    if data in DEMO_NOISE_FLOOR:
+        return DEMO_NOISE_FLOOR[data], f"the seed-to-seed spread measured over the demo's seeds 0-4 on {data}"
+    return NOISE_FLOOR, "the default (no seeds of the demo measured on this data)"
 
 
 def judge(margin: float, se: float) -> str:
