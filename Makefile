@@ -92,7 +92,7 @@ diagnose: install  ## why plain nets degrade: gradient/signal diagnostics of the
 IMAGENETTE_ROOT ?= $(IMAGENETTE)/imagenette2-160
 fig4-short: install  ## Fig. 4 / Table 2 on a 2-core CPU (exp=fig4_short, about an hour) -> plots/fig4_short
 	$(PY) -m repro.train -m exp=fig4_short data.root=$(IMAGENETTE_ROOT)
-	$(PY) -m repro.plots report --results results/fig4_short --out plots/fig4_short
+	$(PY) -m repro.plots report --results results/fig4_short --out plots/fig4_short --ylim auto
 
 bench: install  ## throughput of our pipeline vs the standard one on this device -> plots/bench.json
 	$(PY) -m repro.bench --cifar10 $(CIFAR10) $(if $(IMAGENET),--imagenet $(IMAGENET),)
