@@ -112,7 +112,8 @@ def test_the_committed_reference_runs_are_still_skipped_by_their_own_command(sav
     old, meta = yaml.safe_load(saved.read_text()), read_meta(saved.parent)
     net = f"{'plain' if old['model']['shortcut'] == 'none' else 'resnet'}-{old['model']['depth']}"
     overrides = [f"exp={old['exp_name']}", f"seed={old['seed']}"] + \
-        ([f"+net={net}{'-fp32' if old['fast']['bf16'] is False else ''}"] if old["exp_name"] == "fig6_short" else [])
+        ([f"+net={net}{'-fp32' if old['fast']['bf16'] is False else ''}"] if old["exp_name"] == "fig6_short" else
+         [f"model.depth={old['model']['depth']}", f"model.shortcut={old['model']['shortcut']}"])  # a sweep's point
     config = OmegaConf.to_container(_compose(overrides), resolve=True)
     arith = "bf16" if meta["fast"]["bf16"] else "fp32"
     assert meta["status"] == "done" and prepare_run_dir(saved.parent, config, arith) == "skip"

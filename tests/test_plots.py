@@ -341,3 +341,38 @@ def test_data_parallel_processes_count_as_bn_chunks_in_the_protocol():
     meta = {"processes": 2, "fast": {"bf16": False}}
     assert run_diff(config, meta, split, "fp32", processes=1) == {}  # may resume in one process with 2 splits
     assert list(run_diff(config, meta, config, "fp32", processes=1)) == ["optim.splits"]  # not with one BN batch
+
+
+def test_the_demos_noise_floors_are_the_spread_of_its_committed_seeds():
+    """verdicts.DEMO_NOISE_FLOOR is not a chosen number: it is recomputed here from the committed seed sets."""
+    from conftest import ROOT
+
+    from repro.plots.verdicts import DEMO_NOISE_FLOOR, demo_floor, pooled_seed_std
+    from repro.results import distinct_runs
+
+    assert set(DEMO_NOISE_FLOOR) == {"deadleaves", "cifar10"}
+    for data, floor in DEMO_NOISE_FLOOR.items():
+        folders = sorted(ROOT.glob(f"results/demo-8-20-seed*/demo-{data}"))
+        if data == "deadleaves":
+            folders.append(ROOT / "results/demo-candidates/depth8-20/demo-deadleaves")  # seed 0: the screening run
+        final = final_rows(distinct_runs(read_results(folders)))
+        assert final.seed.nunique() >= 3 and final.protocol.nunique() == 1
+        assert pooled_seed_std(final) == pytest.approx(floor, abs=0.005)
+        assert demo_floor(data)[0] == floor and "measured" in demo_floor(data)[1]
+    assert demo_floor("synthetic")[1].startswith("the default")
+
+
+def test_the_committed_imagenette_set_renders_fig4_table2_and_verdicts(tmp_path):
+    from conftest import ROOT
+
+    folder = ROOT / "results" / "fig4_short"
+    table = registry.render("table2_imagenette", ROOT / "results", tmp_path, [folder])
+    shown = pd.read_csv(tmp_path / "table2_imagenette.csv")
+    assert set(shown.net) == {"plain-18", "plain-34", "ResNet-18", "ResNet-34"} and (shown["eval"] == "10-crop").all()
+    assert shown.top1.between(0, 100).all() and shown.top5.between(0, 100).all() and not table.missing
+    assert set(shown.protocol) == {shown.protocol.iloc[0]} and "imagenette-4k" in shown.protocol.iloc[0]
+    fig = registry.render("fig4_imagenette", ROOT / "results", tmp_path, [folder], ylim="auto")
+    assert (tmp_path / "fig4_imagenette.png").exists() and not fig.missing
+    runs = registry.runs_of(registry.select(ROOT / "results", "fig4_imagenette", [folder]), "imagenette")
+    vs = {v.claim: v.verdict for v in verdicts(runs, "imagenette", runs.protocol.iloc[0])}
+    assert "not measured" not in vs.values()
