@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from repro.names import display_name  # noqa: E402
+from repro.plots.figures import save  # noqa: E402
 from repro.plots.tables import Artefact, save_table  # noqa: E402
 
 VANISH = 1 / 100  # input-side / output-side gradient norm below this: vanishing (issue 32, stated beforehand)
@@ -126,7 +127,6 @@ def _by_layer(diag: pd.DataFrame, out: Path, name: str, title: str, column: str,
                 ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    from repro.plots.figures import save
     files = save(fig, out, name)
     data = ", ".join(sorted(set(diag.data))) or "—"
     return Artefact(name, title, files, caption=f"{note} Measured by repro-diagnose on fixed training batches of "
@@ -247,7 +247,6 @@ def convergence(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
     if len(steps):
         ax.legend(fontsize=7)
     fig.tight_layout()
-    from repro.plots.figures import save
     files = save(fig, out, "convergence")
     if len(steps):
         files += save_table(steps.drop(columns=["path"]).sort_values(["shortcut", "depth", "seed"]), out,
