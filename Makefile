@@ -18,7 +18,7 @@ LAUNCHER ?= $(shell $(PY) -c "import torch; print('pack' if torch.cuda.is_availa
 LAUNCH = $(if $(filter pack,$(LAUNCHER)),hydra/launcher=pack,hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock test test-all demo data imagenette cifar reference diagnose fig4-short figures report bench bench-gpu gpu-wheels gpu-check clean
+.PHONY: help install lock test test-all demo data imagenette cifar reference diagnose convergence fig4-short figures report bench bench-gpu gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,13 @@ REF_NETS ?= plain-20,plain-32,plain-44,plain-56,resnet-20,resnet-32,resnet-44,re
 diagnose: install  ## why plain nets degrade: gradient/signal diagnostics of the reference nets + Table 1 -> results/
 	$(PY) -m repro.diagnose --nets $(REF_NETS) --seeds 0-4 --root $(CIFAR10) --out results/fig6_short/diagnostics.csv
 	$(PY) -m repro.diagnose --architectures results/architectures/architectures.csv
+
+# SEEDS: the convergence runs' seeds (exp=convergence: the reference protocol's first lr phase, a row every 50
+# iterations, diagnostics at 5 points; about 1 h 50 min per seed on 2 cores)
+SEEDS ?= 1
+convergence: install  ## why, on trained nets: convergence rate and diagnostics through the first lr phase -> plots/convergence
+	$(PY) -m repro.train -m exp=convergence seed=$(SEEDS) data.root=$(CIFAR10) $(LAUNCH)
+	$(PY) -m repro.plots report --results results/convergence --out plots/convergence --ylim auto
 
 # IMAGENETTE_ROOT: an ImageFolder Imagenette (make imagenette prints it; ../shared/data/imagenette-4k here)
 IMAGENETTE_ROOT ?= $(IMAGENETTE)/imagenette2-160

@@ -193,7 +193,10 @@ def _phrase(key: str, ours: Any, theirs: Any, ident: dict, long: bool) -> str:
             return "CIFAR-10 copy not recorded (meta.json has no data_md5)" if long else "copy unrecorded"
         return f"CIFAR-10 {ours} (not the official files)" if long else ours
     if key == "optim.total_steps":
-        return (f"{ours} of {theirs} iterations (lr schedule compressed proportionally)" if long else f"{ours} it")
+        scaled = " (lr schedule compressed proportionally)" if ident.get("optim.milestones") else ""
+        return (f"{ours} of {theirs} iterations{scaled}" if long else f"{ours} it")
+    if key == "optim.milestones" and not ours:  # exp=convergence: the first lr phase on its own
+        return f"no lr drop (paper at {'/'.join(map(_num, theirs))} of the iterations)" if long else "no lr drop"
     if key == "model.width":
         return f"width {ours} (paper {theirs})" if long else f"width {ours}"
     if key == "data.crop":

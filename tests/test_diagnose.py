@@ -184,6 +184,17 @@ def test_convergence_steps_are_the_first_crossings_and_the_fit_recovers_the_rate
     assert (tmp_path / "convergence.png").exists() and "exponential" in art.caption
 
 
+def test_the_convergence_verdict_reads_one_protocol_the_finest_of_equals():
+    exponential = curves({(d, "none"): int(round(100 * math.exp(math.log(2) / 12 * d) / 20)) * 20
+                          for d in (20, 32, 44, 56)})
+    power = curves({(d, "none"): int(round(d ** 2 / 20)) * 20 for d in (20, 32, 44, 56)}, grid=20)
+    both = pd.concat([exponential.assign(protocol="fine"), power.assign(protocol="coarse", path=power.path + "c")])
+    verdict = why_verdicts(pd.DataFrame(), both)[-1]
+    assert verdict.verdict == "holds" and "protocol fine" in verdict.evidence  # same depths and runs: the 10-step grid
+    more = pd.concat([both, power.assign(protocol="coarse", seed=1, path=power.path + "s1")])
+    assert "protocol coarse" in why_verdicts(pd.DataFrame(), more)[-1].evidence  # more runs win over a finer grid
+
+
 def test_table1_counts_match_the_paper_and_torchvision(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     arch = pd.DataFrame(architectures())

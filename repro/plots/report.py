@@ -178,7 +178,8 @@ def paper_report(doc: Doc, root: Path, out: Path, folders: list[Path] | None, yl
     have = {"cifar10": not cifar.empty, "imagenet": not imagenet.empty, "imagenette": not imagenette.empty}
     def has_files(name: str) -> bool:  # an artefact drawn from files (Spec.runs False): are they there?
         where = folders or [root / e for e in ARTEFACTS[name].experiments]
-        return any((Path(f) / n).exists() for f in where for n in ("architectures.csv", "diagnostics.csv"))
+        return any((Path(f) / n).exists() or any(Path(f).glob(f"*/{n}")) for f in where
+                   for n in ("architectures.csv", "diagnostics.csv"))  # diagnostics.csv: beside runs, or in them
 
     drawn = [name for name in PAPER_ARTEFACTS if have[ARTEFACTS[name].data] and (ARTEFACTS[name].runs or has_files(name))]
     arts = [render(name, root, out, folders, ylim, protocol) for name in drawn]

@@ -311,8 +311,11 @@ def _convergence_verdict(runs: pd.DataFrame) -> WhyVerdict:
     col = f"steps_to_{int(LEVEL * 100)}"
     steps = convergence_steps(runs) if not runs.empty else pd.DataFrame(columns=["shortcut", col, "depth"])
     plain = steps[steps.shortcut == "none"].dropna(subset=[col])
-    if len(plain):  # one protocol, never pooled: the one with the most plain depths
-        plain = plain[plain.protocol == plain.groupby("protocol").depth.nunique().idxmax()]
+    if len(plain):  # one protocol, never pooled: the one with the most plain depths, then runs, then the finest grid
+        per = plain.groupby("protocol").agg(depths=("depth", "nunique"), runs=("path", "size"),
+                                            grid=("eval_every", "min"))
+        best = per.assign(grid=-per.grid).sort_values(["depths", "runs", "grid"], ascending=False).index[0]
+        plain = plain[plain.protocol == best]
     if plain.depth.nunique() < 3:
         return WhyVerdict(name, "not measured", np.nan, f"exp. residual smaller, held back within {HELD_BACK:g}x",
                           f"needs plain nets of >= 3 depths reaching {LEVEL:.0%} (have {plain.depth.nunique()})")
