@@ -14,7 +14,18 @@ from repro.diagnose import Subject, architectures, main, parse_nets, parse_seeds
 from repro.errors import ConfigError
 from repro.models import build_model
 from repro.plots.tables import PAPER_TABLE1_GFLOPS, table1
-from repro.plots.why import EXPLODE, VANISH, convergence, convergence_steps, fit, stream_ratios, why_verdicts
+from repro.plots.why import (
+    EXPLODE,
+    VANISH,
+    convergence,
+    convergence_steps,
+    fit,
+    gradient_ratio,
+    gradients,
+    shown_steps,
+    stream_ratios,
+    why_verdicts,
+)
 from repro.results import METRICS
 from repro.train.diagnostics import COLUMNS, Watch, measure
 
@@ -147,6 +158,12 @@ def test_metrics_are_unchanged_by_diagnostics_during_training(tmp_path, tiny_cif
     assert sorted(d.step.unique()) == [0, *evals] and set(d.source) == {"training"}
 
 
+def test_the_figures_show_init_and_four_training_points_spread_evenly():
+    assert shown_steps([0, 500, 1000]) == [0, 500, 1000]
+    assert shown_steps(range(0, 4001, 500)) == [0, 500, 1500, 3000, 4000]  # the last always drawn
+    assert shown_steps([250, 500]) == [250, 500]  # no initialisation measured: none drawn
+
+
 def test_the_watch_is_due_at_every_nth_evaluation():
     w = Watch(None, every=2, eval_every=10, total=45, batches=[], head={}, rows=[])
     assert [s for s in range(0, 46) if w.due(s)] == [0, 20, 40, 45]
@@ -221,3 +238,23 @@ def test_explosion_and_block_gain_verdicts_read_the_measurements():
     assert vs["block_gain_at_least_one"].value == pytest.approx(below)
     assert vs["block_gain_at_least_one"].verdict == ("holds" if below == 0 else "does not hold")
     assert vs["plain_convergence_slows_exponentially"].verdict == "not measured"
+
+
+def test_trained_measurements_enter_the_figures_and_the_vanishing_verdict(tmp_path):
+    """Rows at later steps (diagnostics.every during training) are drawn as such and read by the verdicts: a plain
+    net that vanishes at step 500 (no BN, weights scaled down) is called vanishing though it did not at init."""
+    torch.manual_seed(0)
+    init = frame(build_model("cifar10", 32, "none", width=8), 32, "none")
+    shrunk = without_bn(build_model("cifar10", 32, "none", width=8))
+    with torch.no_grad():
+        for m in shrunk.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(0.3)
+    later = frame(shrunk, 32, "none", step=500)
+    res = pd.concat([frame(build_model("cifar10", 32, "A", width=8), 32, "A", step=s) for s in (0, 500)])
+    diag = pd.concat([init, later, res])
+    vanish = {v.claim: v for v in why_verdicts(diag, pd.DataFrame())}["plain_gradients_vanish"]
+    assert stream_ratios(init).ratio.iloc[0] > VANISH and vanish.verdict == "holds" and "step 500" in vanish.evidence
+    art = gradient_ratio(diag, tmp_path)
+    assert (tmp_path / "gradient_ratio.png").exists() and "none-32 at steps 0, 500" in art.caption
+    assert "after 500 iterations" not in gradients(diag.assign(step=diag.step.replace(500, 0)), tmp_path).caption

@@ -1,7 +1,8 @@
 """Why deeper plain nets train worse: the two explanations, measured (torch-free; the measurements come from
 `repro-diagnose`, repro/diagnose.py, and from the runs' training curves).
 
-- Gradients and signals by layer (`diagnostics.csv`): figures `gradients` and `signal`.
+- Gradients and signals by layer (`diagnostics.csv`): figures `gradients` and `signal`; through training:
+  `gradient_ratio`.
 - Convergence rate (`convergence`): for each run, the first evaluation at which its training error is below
   each of LEVELS; against depth, for plain and residual nets, with an exponential fit (log steps linear in
   depth) and a power law (log steps linear in log depth), each slope with its standard error, and each fit's
@@ -39,6 +40,7 @@ VANISH = 1 / 100  # input-side / output-side gradient norm below this: vanishing
 EXPLODE = 10.0  # above this at initialisation: exploding toward the input
 HELD_BACK = 1.5  # the exponential fit predicts the deepest plain net's steps within this factor
 LEVELS = (0.8, 0.6, 0.4)  # training-error levels whose first crossing is the convergence measure
+POINTS = 4  # the figures' training points besides initialisation (issue 32: "at init and at 3-4 points")
 LEVEL = 0.6  # the level the verdict and the figure's fits use (the issue's 60%)
 CLAIMS = {
     "plain_gradients_vanish": "Gradients vanish toward the input in deep plain nets (the popular explanation).",
@@ -94,12 +96,22 @@ def _nets(diag: pd.DataFrame) -> list[tuple[int, str]]:
     return sorted(set(zip(diag.depth, diag.shortcut)), key=lambda n: (n[1] != "none", n[0]))
 
 
+def shown_steps(steps, points: int = POINTS) -> list:
+    """Initialisation and at most `points` measured training steps, spread evenly (the last always among them)."""
+    steps = sorted(steps)
+    init, trained = [s for s in steps if s == 0], [s for s in steps if s > 0]
+    if len(trained) > points:
+        trained = [trained[round(i * (len(trained) - 1) / (points - 1))] for i in range(points)]
+    return init + trained
+
+
 def _by_layer(diag: pd.DataFrame, out: Path, name: str, title: str, column: str, ylabel: str, log: bool,
               note: str) -> Artefact:
     """`column` against layer, plain nets left, residual right, one row of panels per step measured; the mean over
     seeds, the band their min to max."""
     diag = diag.dropna(subset=[column])
-    steps = sorted(diag.step.unique()) or [0]
+    measured = sorted(diag.step.unique())
+    steps = shown_steps(measured) or [0]
     fig, axes = plt.subplots(len(steps), 2, figsize=(11, 3.4 * len(steps)), squeeze=False, sharey=True)
     cmap = plt.cm.viridis
     depths = sorted(diag.depth.unique())
@@ -129,15 +141,22 @@ def _by_layer(diag: pd.DataFrame, out: Path, name: str, title: str, column: str,
     fig.tight_layout()
     files = save(fig, out, name)
     data = ", ".join(sorted(set(diag.data))) or "—"
+    left = [s for s in measured if s not in steps]
+    more = f" Also measured, not drawn: step{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} " \
+           f"(diagnostics.csv)." if left else ""
     return Artefact(name, title, files, caption=f"{note} Measured by repro-diagnose on fixed training batches of "
-                                                f"{data}, training mode. {_count(diag)}")
+                                                f"{data}, training mode.{more} {_count(diag)}")
 
 
 def _count(diag: pd.DataFrame) -> str:
     if diag.empty:
         return "No diagnostics.csv found (run repro-diagnose; make diagnose)."
-    per = diag.groupby(["net", "step"]).seed.nunique()
-    return "Nets: " + "; ".join(f"{n} at step {s} ({k} seed{'s' if k > 1 else ''})" for (n, s), k in per.items()) + "."
+    parts = []
+    for net, g in diag.groupby("net"):
+        steps, seeds = sorted(g.step.unique()), g.seed.nunique()
+        at = f"step {steps[0]}" if len(steps) == 1 else f"steps {', '.join(map(str, steps))}"
+        parts.append(f"{net} at {at} ({seeds} seed{'s' if seeds > 1 else ''})")
+    return "Nets: " + "; ".join(parts) + "."
 
 
 def gradients(diag: pd.DataFrame, out: Path) -> Artefact:
@@ -148,6 +167,51 @@ def gradients(diag: pd.DataFrame, out: Path) -> Artefact:
                      "The norm of the loss gradient with respect to each conv layer's output (its BN output), the "
                      "batch-mean cross-entropy's, averaged over the batches. A line falling toward "
                      "the input (left) would be vanishing gradients; rising toward it, exploding ones.")
+
+
+def gradient_ratio(diag: pd.DataFrame, out: Path) -> Artefact:
+    """Through training: each net's input-side / output-side gradient of the residual stream (the verdicts' ratio,
+    against VANISH and EXPLODE), and the fraction of residual blocks whose backward gain is below 1."""
+    ratios = stream_ratios(diag) if not diag.empty else pd.DataFrame(columns=["net", "depth", "shortcut", "step"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for (depth, shortcut), g in sorted(ratios.groupby(["depth", "shortcut"]), key=lambda kv: (kv[0][1] != "none",
+                                                                                                 kv[0][0])):
+        stats = g.groupby("step").ratio.agg(["mean", "min", "max"])
+        seeds = g.seed.nunique()
+        line = left.plot(stats.index, stats["mean"], marker="o", ms=3, ls="-" if shortcut == "none" else "--",
+                         label=display_name(depth, shortcut) + (f" ({seeds} seeds)" if seeds > 1 else ""))
+        if seeds > 1:
+            left.fill_between(stats.index, stats["min"], stats["max"], color=line[0].get_color(), alpha=0.15, lw=0)
+    for y, what in ((VANISH, "vanishing"), (1.0, None), (EXPLODE, "exploding")):
+        left.axhline(y, color="grey", lw=0.8, ls=":" if what else "-")
+        if what:
+            left.text(0.01, y, f" {what} ({y:g})", transform=left.get_yaxis_transform(), fontsize=7, va="bottom")
+    left.set_yscale("log")
+    left.set_xlabel("iteration")
+    left.set_ylabel("input-side / output-side ||dL/dx||")
+    left.set_title("Gradient ratio through the residual stream")
+    gains = diag[(diag.shortcut != "none") & diag.block_gain.notna()] if not diag.empty else diag
+    if len(gains):
+        for (depth, shortcut), g in gains.groupby(["depth", "shortcut"]):
+            below = g.groupby("step").block_gain.apply(lambda b: (b < 1).mean())
+            right.plot(below.index, below.values, marker="o", ms=3, label=display_name(depth, shortcut))
+    right.set_ylim(0, 1)
+    right.set_xlabel("iteration")
+    right.set_ylabel("fraction of blocks with gain < 1")
+    right.set_title("Residual blocks passing back less than they receive")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    files = save(fig, out, "gradient_ratio")
+    return Artefact("gradient_ratio", "Gradient ratio and block gains through training", files,
+                    caption="Left: the norm of the loss gradient at the residual stream's input end (after the first "
+                            "conv) over its output end (after the last block), the ratio the verdicts read: below "
+                            f"{VANISH:g} would be vanishing, above {EXPLODE:g} exploding toward the input. Right: the "
+                            "fraction of residual blocks whose backward gain ||dL/dx_in|| / ||dL/dx_out|| is below 1 "
+                            "(the '1 + F'(x)' argument says none). Mean over seeds, band min to max. "
+                            + _count(diag))
 
 
 def signal(diag: pd.DataFrame, out: Path) -> Artefact:
@@ -262,7 +326,7 @@ def convergence(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
 
 def why_verdicts(diag: pd.DataFrame, runs: pd.DataFrame) -> list[WhyVerdict]:
     """The module docstring's four claims, on these measurements."""
-    out = []
+    out, diag = [], diag.reset_index(drop=True)  # one label per row (frames concatenated as they came)
     ratios = stream_ratios(diag) if not diag.empty else pd.DataFrame(columns=["shortcut", "ratio", "step", "depth"])
     plain = ratios[ratios.shortcut == "none"]
     if plain.empty:
@@ -289,7 +353,8 @@ def why_verdicts(diag: pd.DataFrame, runs: pd.DataFrame) -> list[WhyVerdict]:
             lowest = float(deep.ratio.min())
             out.append(WhyVerdict("plain_gradients_explode_at_init", "holds" if lowest > EXPLODE else "does not hold",
                                   lowest, f"> {EXPLODE:g}",
-                                  f"{deep.net.iloc[0]} at initialisation, {len(deep)} seeds: input-side / output-side "
+                                  f"{deep.net.iloc[0]} at initialisation, {len(deep)} "
+                                  f"seed{'s' if len(deep) > 1 else ''}: input-side / output-side "
                                   f"gradient {deep.ratio.min():.3g} to {deep.ratio.max():.3g}"))
     gains = diag[(diag.shortcut != "none") & diag.block_gain.notna()] if not diag.empty else diag
     if gains.empty:
