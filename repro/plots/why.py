@@ -138,7 +138,7 @@ def _by_layer(diag: pd.DataFrame, out: Path, name: str, title: str, column: str,
             if len(sub):
                 ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.4 * len(steps))))  # the title above the top row's
     files = save(fig, out, name)
     data = ", ".join(sorted(set(diag.data))) or "—"
     left = [s for s in measured if s not in steps]
@@ -231,7 +231,7 @@ def convergence_steps(df: pd.DataFrame, levels=LEVELS) -> pd.DataFrame:
         g = g[(g.lr >= g.lr.cummax()).cumprod().astype(bool)]  # up to the first row below the peak so far
         row = {"path": path, "depth": int(g.depth.iloc[0]), "shortcut": g.shortcut.iloc[0],
                "seed": int(g.seed.iloc[0]), "protocol": g.protocol.iloc[0], "eval_every": int(g.step.diff().min())
-               if len(g) > 1 else np.nan}
+               if len(g) > 1 else np.nan, "last_step": int(g.step.max())}  # an unfinished run: known to here
         for lv in levels:
             hit = g[g.train_err < lv]
             row[f"steps_to_{int(lv * 100)}"] = float(hit.step.iloc[0]) if len(hit) else np.nan
@@ -301,8 +301,9 @@ def convergence(df: pd.DataFrame, out: Path, scope: str = "") -> Artefact:
                              f"held-back deepest predicted/observed {f.held_back_ratio:.2f}")
         never = steps[((steps.shortcut == "none") == plain) & steps[col].isna()] if len(steps) else steps
         if len(never):
-            notes.append(f"{name} runs that never reached {LEVEL:.0%}: " + ", ".join(
-                display_name(d, s) for d, s in zip(never.depth, never.shortcut)))
+            notes.append(f"{name} runs that did not reach {LEVEL:.0%} (by their last evaluation): " + ", ".join(
+                f"{display_name(d, s)} seed {k} (step {n})" for d, s, k, n in
+                zip(never.depth, never.shortcut, never.seed, never.last_step)))
     ax.set_yscale("log")
     ax.set_xlabel("depth (layers)")
     ax.set_ylabel(f"iterations to training error < {LEVEL:.0%}")
