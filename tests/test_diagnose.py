@@ -23,6 +23,7 @@ from repro.plots.why import (
     gradient_ratio,
     gradients,
     shown_steps,
+    step_size,
     stream_ratios,
     why_verdicts,
 )
@@ -258,3 +259,4 @@ def test_trained_measurements_enter_the_figures_and_the_vanishing_verdict(tmp_pa
     art = gradient_ratio(diag, tmp_path)
     assert (tmp_path / "gradient_ratio.png").exists() and "none-32 at steps 0, 500" in art.caption
     assert "after 500 iterations" not in gradients(diag.assign(step=diag.step.replace(500, 0)), tmp_path).caption
+    assert "Relative step" in step_size(diag, tmp_path).title and (tmp_path / "step_size.png").exists()

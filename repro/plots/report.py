@@ -200,7 +200,8 @@ def paper_report(doc: Doc, root: Path, out: Path, folders: list[Path] | None, yl
     if skipped:
         doc.p(f"Not drawn, for want of runs on their data or of their files: {', '.join(skipped)} (ImageNet "
               f"artefacts read ImageNet runs only; the *_imagenette ones Imagenette runs only; gradients, "
-              f"gradient_ratio and signal read diagnostics.csv and table1 architectures.csv: make diagnose).")
+              f"gradient_ratio, step_size and signal read diagnostics.csv and table1 architectures.csv: "
+              f"make diagnose).")
     vs = _add_verdicts(doc, cifar, "cifar10", "Verdicts on the paper's claims (CIFAR-10)", floor, protocol)
     vs += _add_verdicts(doc, imagenet, "imagenet", "Verdicts on the paper's claims (ImageNet)", floor)
     if not imagenette.empty:
@@ -218,7 +219,8 @@ def add_why(doc: Doc, diag: pd.DataFrame, runs: pd.DataFrame) -> list:
     doc.p("§4.1 says the degradation is 'unlikely to be caused by vanishing gradients' (BN keeps the forward "
           "signals' variances non-zero, the backward gradients have 'healthy norms') and conjectures that deep plain "
           "nets 'may have exponentially low convergence rates'. Measured here: the gradient norm layer by layer and "
-          "the forward signal (figures gradients, gradient_ratio and signal, from diagnostics.csv: repro-diagnose), "
+          "the forward signal (figures gradients, gradient_ratio, step_size and signal, from diagnostics.csv: "
+          "repro-diagnose), "
           "and the iterations each run needs to reach a training-error level (figure convergence, from the runs' "
           "curves). "
           f"Thresholds fixed before measuring (repro/plots/why.py): vanishing = input-side gradient < {VANISH:g} x the "

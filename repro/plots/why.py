@@ -1,7 +1,8 @@
 """Why deeper plain nets train worse: the two explanations, measured (torch-free; the measurements come from
 `repro-diagnose`, repro/diagnose.py, and from the runs' training curves).
 
-- Gradients and signals by layer (`diagnostics.csv`): figures `gradients` and `signal`; through training:
+- Gradients, relative steps and signals by layer (`diagnostics.csv`): figures `gradients`, `step_size` and
+  `signal`; through training:
   `gradient_ratio`.
 - Convergence rate (`convergence`): for each run, the first evaluation at which its training error is below
   each of LEVELS; against depth, for plain and residual nets, with an exponential fit (log steps linear in
@@ -212,6 +213,17 @@ def gradient_ratio(diag: pd.DataFrame, out: Path) -> Artefact:
                             "fraction of residual blocks whose backward gain ||dL/dx_in|| / ||dL/dx_out|| is below 1 "
                             "(the '1 + F'(x)' argument says none). Mean over seeds, band min to max. "
                             + _count(diag))
+
+
+def step_size(diag: pd.DataFrame, out: Path) -> Artefact:
+    """How far SGD moves each layer's weights relative to their size: lr x ||dL/dW|| / ||W|| (with BN in front of
+    the ReLU a conv's output does not depend on its weights' scale, so this, not the raw gradient, is its speed)."""
+    return _by_layer(diag[diag.name != "fc"] if len(diag) else diag, out, "step_size",
+                     "Relative step by layer: lr x ||dL/dW|| / ||W||", "eff_step",
+                     "lr x ||dL/dW|| / ||W||", True,
+                     "The effective step of each conv layer's weights at the run's lr then (at initialisation: 0.1, "
+                     "§4.2's): the fraction of its own norm one SGD step (momentum aside) moves a weight. A layer "
+                     "far below the others barely learns; far above, it is thrown around.")
 
 
 def signal(diag: pd.DataFrame, out: Path) -> Artefact:
