@@ -73,7 +73,8 @@ def test_an_installed_wheel_trains_from_its_packaged_configs_and_a_users_own_fol
     assert len(pd.read_csv(work / "results" / "mine" / "synthetic-resnet-20-s0" / "metrics.csv")) == 2
     bad = subprocess.run([str(venv / "bin" / "repro-train"), "exp=nope"], cwd=work, capture_output=True, text=True,
                          env=env, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown exp 'nope' (exp=nope); known: default, demo")
+    assert bad.returncode == 2 and bad.stderr.startswith(
+        "error: unknown exp 'nope' (exp=nope); known: convergence, default, demo")
 
 
 @pytest.mark.slow

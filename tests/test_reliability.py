@@ -302,7 +302,7 @@ def _tamper(kind, root):
 BAD = {
     "depth": (["model.depth=21"], "CIFAR depth must be 6n+2"),
     "shortcut": (["model.shortcut=D"], "unknown shortcut 'D'; valid: none, A, B, C"),
-    "experiment": (["exp=fig99"], "unknown exp 'fig99' (exp=fig99); known: default, demo"),
+    "experiment": (["exp=fig99"], "unknown exp 'fig99' (exp=fig99); known: convergence, default, demo"),
     "missing data": (["data.download=false", "data.root=/nonexistent/cifar"], "not found in /nonexistent/cifar"),
     "eval_every": (["eval_every=0"], "eval_every=0 must be a positive integer"),
     "batch_size": (["optim.batch_size=-1"], "optim.batch_size=-1 must be a positive integer"),
