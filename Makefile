@@ -88,8 +88,8 @@ diagnose: install  ## why plain nets degrade: gradient/signal diagnostics of the
 	$(PY) -m repro.diagnose --nets $(REF_NETS) --seeds 0-4 --root $(CIFAR10) --out results/fig6_short/diagnostics.csv
 	$(PY) -m repro.diagnose --architectures results/architectures/architectures.csv
 
-# SEEDS: the convergence runs' seeds (exp=convergence: the reference protocol's first lr phase, a row every 50
-# iterations, diagnostics at 5 points; about 1 h 50 min per seed on 2 cores)
+# SEEDS: the convergence runs' seeds, e.g. 1,2 (exp=convergence: the reference protocol's first lr phase, a row every
+# 50 iterations, diagnostics every 500; about 4.5 hours of 2 cores per seed on the machine of results/convergence)
 SEEDS ?= 1
 convergence: install  ## why, on trained nets: convergence rate and diagnostics through the first lr phase -> plots/convergence
 	$(PY) -m repro.train -m exp=convergence seed=$(SEEDS) data.root=$(CIFAR10) $(LAUNCH)

@@ -2,8 +2,7 @@
 `repro-diagnose`, repro/diagnose.py, and from the runs' training curves).
 
 - Gradients, relative steps and signals by layer (`diagnostics.csv`): figures `gradients`, `step_size` and
-  `signal`; through training:
-  `gradient_ratio`.
+  `signal`; the verdicts' gradient ratio and the block gains through training: `gradient_ratio`.
 - Convergence rate (`convergence`): for each run, the first evaluation at which its training error is below
   each of LEVELS; against depth, for plain and residual nets, with an exponential fit (log steps linear in
   depth) and a power law (log steps linear in log depth), each slope with its standard error, and each fit's
@@ -216,8 +215,8 @@ def gradient_ratio(diag: pd.DataFrame, out: Path) -> Artefact:
 
 
 def step_size(diag: pd.DataFrame, out: Path) -> Artefact:
-    """How far SGD moves each layer's weights relative to their size: lr x ||dL/dW|| / ||W|| (with BN in front of
-    the ReLU a conv's output does not depend on its weights' scale, so this, not the raw gradient, is its speed)."""
+    """How far SGD moves each layer's weights relative to their size: lr x ||dL/dW|| / ||W|| (with BN after a conv,
+    the layer's output does not depend on its weights' scale, so this, not the raw gradient, is its speed)."""
     return _by_layer(diag[diag.name != "fc"] if len(diag) else diag, out, "step_size",
                      "Relative step by layer: lr x ||dL/dW|| / ||W||", "eff_step",
                      "lr x ||dL/dW|| / ||W||", True,
