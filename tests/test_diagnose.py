@@ -19,6 +19,7 @@ from repro.plots.why import (
     VANISH,
     convergence,
     convergence_steps,
+    diagnostics_summary,
     fit,
     gradient_ratio,
     gradients,
@@ -258,5 +259,12 @@ def test_trained_measurements_enter_the_figures_and_the_vanishing_verdict(tmp_pa
     assert stream_ratios(init).ratio.iloc[0] > VANISH and vanish.verdict == "holds" and "step 500" in vanish.evidence
     art = gradient_ratio(diag, tmp_path)
     assert (tmp_path / "gradient_ratio.png").exists() and "none-32 at steps 0, 500" in art.caption
-    assert "after 500 iterations" not in gradients(diag.assign(step=diag.step.replace(500, 0)), tmp_path).caption
-    assert "Relative step" in step_size(diag, tmp_path).title and (tmp_path / "step_size.png").exists()
+    many = pd.concat([init.assign(step=s) for s in range(0, 700, 100)])  # init and 6 training points: 4 drawn
+    assert "Also measured, not drawn: steps 200, 500 " in gradients(many, tmp_path).caption
+    assert "none-32 at steps 0, 500" in step_size(diag, tmp_path).caption and (tmp_path / "step_size.png").exists()
+    summary = diagnostics_summary(diag, tmp_path).table.set_index(["net", "step"])
+    assert summary.loc[("none-32", 500), "grad_ratio"] < VANISH < summary.loc[("none-32", 0), "grad_ratio"]
+    below = (res[res.step == 0].block_gain.dropna() < 1).mean()
+    assert summary.loc[("A-32", 0), "blocks_gain_below_1"] == pytest.approx(below)
+    assert (summary.layers_below_frozen <= summary.conv_layers).all()
+    assert (tmp_path / "diagnostics_summary.csv").exists()

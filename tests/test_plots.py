@@ -284,7 +284,7 @@ def test_report_has_every_artefact_paper_values_scale_and_verdicts(degraded, tmp
     md = (out / "report.md").read_text()
     for text in ("Fig. 1", "Fig. 6", "Fig. 7", "Table 6", "Not drawn, for want of runs on their data or of their "
                  "files: fig4, table2, table3, fig4_imagenette, table2_imagenette, table1, gradients, gradient_ratio, "
-                 "step_size, signal",
+                 "step_size, signal, diagnostics_summary",
                  "Convergence rate against depth", "Is it vanishing gradients?", "Scale of the runs",
                  "differs from the paper: ", "HOLDS", "6.61 ± 0.16", "Missing runs", "plain_penalty_exceeds_residual"):
         assert text in md, text

@@ -14,7 +14,15 @@ import pandas as pd
 from repro.errors import ResultsError
 from repro.plots.figures import degradation, fig1, fig4, fig6, fig7
 from repro.plots.tables import Artefact, final_errors, table1, table2, table3, table6
-from repro.plots.why import convergence, gradient_ratio, gradients, read_diagnostics, signal, step_size
+from repro.plots.why import (
+    convergence,
+    diagnostics_summary,
+    gradient_ratio,
+    gradients,
+    read_diagnostics,
+    signal,
+    step_size,
+)
 from repro.results import (
     distinct_runs,
     final_rows,
@@ -104,6 +112,8 @@ ARTEFACTS: dict[str, Spec] = {
     "gradient_ratio": Spec("figure", lambda i, out: gradient_ratio(i.diagnostics(), out), "cifar10", WHY,
                            runs=False),
     "step_size": Spec("figure", lambda i, out: step_size(i.diagnostics(), out), "cifar10", WHY, runs=False),
+    "diagnostics_summary": Spec("table", lambda i, out: diagnostics_summary(i.diagnostics(), out), "cifar10", WHY,
+                                runs=False),
     "convergence": Spec("figure", lambda i, out: convergence(i.runs, out, i.scope), "cifar10", WHY),
     "table1": Spec("table", lambda i, out: table1(i.architectures(), out), "cifar10", ("architectures",), runs=False),
     # the demo report's (any sweep's depths; its experiment is the one given)
@@ -113,7 +123,7 @@ ARTEFACTS: dict[str, Spec] = {
 # the full report's, in its order; `repro-plots NAME` takes any of ARTEFACTS
 PAPER_ARTEFACTS = ("fig1", "fig6", "fig7", "table6", "fig4", "table2", "table3", "fig4_imagenette",
                    "table2_imagenette", "table1", "convergence", "gradients", "gradient_ratio",
-                   "step_size", "signal")
+                   "step_size", "signal", "diagnostics_summary")
 
 
 def runs_of(df: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -134,8 +144,8 @@ def select(results: Path, name: str, explicit: list[Path] | None) -> pd.DataFram
 
 def check_inputs(results: Path, names: list[str], explicit: list[Path] | None, protocol: str | None) -> None:
     """Before anything is written: there are runs to draw, and `protocol` (if given) is one of theirs. (Artefacts
-    drawn from files, not runs — table1, gradients, gradient_ratio, step_size, signal — say in their caption when
-    the files are missing.)"""
+    drawn from files, not runs — table1, gradients, gradient_ratio, step_size, signal, diagnostics_summary — say in
+    their caption when the files are missing.)"""
     if names and not any(ARTEFACTS[n].runs for n in names):
         return
     sets = [select(results, n, explicit) for n in names] if names else [distinct_runs(read_results(explicit or []))]

@@ -23,7 +23,7 @@ from repro.plots.registry import (
 from repro.plots.tables import Artefact, final_errors, markdown_table, protocol_order
 from repro.plots.verdicts import NOISE_FLOOR, Verdict, Z, demo_floor, verdict_table, verdicts
 from repro.plots.why import CLAIMS as WHY_CLAIMS
-from repro.plots.why import EXPLODE, HELD_BACK, LEVEL, VANISH, read_diagnostics, why_verdicts
+from repro.plots.why import EXPLODE, HELD_BACK, LEVEL, VANISH, files_in, read_diagnostics, why_verdicts
 from repro.results import METRICS, distinct_runs, last_rows, read_results
 
 
@@ -178,8 +178,7 @@ def paper_report(doc: Doc, root: Path, out: Path, folders: list[Path] | None, yl
     have = {"cifar10": not cifar.empty, "imagenet": not imagenet.empty, "imagenette": not imagenette.empty}
     def has_files(name: str) -> bool:  # an artefact drawn from files (Spec.runs False): are they there?
         where = folders or [root / e for e in ARTEFACTS[name].experiments]
-        return any((Path(f) / n).exists() or any(Path(f).glob(f"*/{n}")) for f in where
-                   for n in ("architectures.csv", "diagnostics.csv"))  # diagnostics.csv: beside runs, or in them
+        return any(files_in(where, n) for n in ("architectures.csv", "diagnostics.csv"))
 
     drawn = [name for name in PAPER_ARTEFACTS if have[ARTEFACTS[name].data] and (ARTEFACTS[name].runs or has_files(name))]
     arts = [render(name, root, out, folders, ylim, protocol) for name in drawn]
@@ -200,8 +199,8 @@ def paper_report(doc: Doc, root: Path, out: Path, folders: list[Path] | None, yl
     if skipped:
         doc.p(f"Not drawn, for want of runs on their data or of their files: {', '.join(skipped)} (ImageNet "
               f"artefacts read ImageNet runs only; the *_imagenette ones Imagenette runs only; gradients, "
-              f"gradient_ratio, step_size and signal read diagnostics.csv and table1 architectures.csv: "
-              f"make diagnose).")
+              f"gradient_ratio, step_size, signal and diagnostics_summary read diagnostics.csv and table1 "
+              f"architectures.csv: make diagnose).")
     vs = _add_verdicts(doc, cifar, "cifar10", "Verdicts on the paper's claims (CIFAR-10)", floor, protocol)
     vs += _add_verdicts(doc, imagenet, "imagenet", "Verdicts on the paper's claims (ImageNet)", floor)
     if not imagenette.empty:

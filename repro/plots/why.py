@@ -72,14 +72,23 @@ class WhyVerdict:
                 "threshold": self.threshold, "seeds": np.nan, "nets": "", "evidence": self.evidence}
 
 
+def files_in(folders, name: str) -> list[Path]:
+    """The files called `name` in `folders` and in their run folders (diagnostics.csv lives in either)."""
+    found = []
+    for f in map(Path, folders):
+        found += [p for p in [f / name, *sorted(f.glob(f"*/{name}"))] if p.exists()]
+    return found
+
+
 def read_diagnostics(folders) -> pd.DataFrame:
     """Every diagnostics.csv in `folders` and in their run folders (repro.diagnose.COLUMNS), one frame."""
-    files = []
-    for f in folders:
-        f = Path(f)
-        files += [f / "diagnostics.csv"] + sorted(f.glob("*/diagnostics.csv"))
-    frames = [pd.read_csv(p).assign(file=str(p)) for p in files if p.exists()]
+    frames = [pd.read_csv(p).assign(file=str(p)) for p in files_in(folders, "diagnostics.csv")]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def residual_gains(diag: pd.DataFrame) -> pd.DataFrame:
+    """The rows of residual blocks' last layers, where a block's backward gain is measured."""
+    return diag[(diag.shortcut != "none") & diag.block_gain.notna()] if not diag.empty else diag
 
 
 def stream_ratios(diag: pd.DataFrame) -> pd.DataFrame:
@@ -174,8 +183,8 @@ def gradient_ratio(diag: pd.DataFrame, out: Path) -> Artefact:
     against VANISH and EXPLODE), and the fraction of residual blocks whose backward gain is below 1."""
     ratios = stream_ratios(diag) if not diag.empty else pd.DataFrame(columns=["net", "depth", "shortcut", "step"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for (depth, shortcut), g in sorted(ratios.groupby(["depth", "shortcut"]), key=lambda kv: (kv[0][1] != "none",
-                                                                                                 kv[0][0])):
+    for depth, shortcut in _nets(ratios):
+        g = ratios[(ratios.depth == depth) & (ratios.shortcut == shortcut)]
         stats = g.groupby("step").ratio.agg(["mean", "min", "max"])
         seeds = g.seed.nunique()
         line = left.plot(stats.index, stats["mean"], marker="o", ms=3, ls="-" if shortcut == "none" else "--",
@@ -190,7 +199,7 @@ def gradient_ratio(diag: pd.DataFrame, out: Path) -> Artefact:
     left.set_xlabel("iteration")
     left.set_ylabel("input-side / output-side ||dL/dx||")
     left.set_title("Gradient ratio through the residual stream")
-    gains = diag[(diag.shortcut != "none") & diag.block_gain.notna()] if not diag.empty else diag
+    gains = residual_gains(diag)
     if len(gains):
         for (depth, shortcut), g in gains.groupby(["depth", "shortcut"]):
             below = g.groupby("step").block_gain.apply(lambda b: (b < 1).mean())
@@ -223,6 +232,34 @@ def step_size(diag: pd.DataFrame, out: Path) -> Artefact:
                      "The effective step of each conv layer's weights at the run's lr then (at initialisation: 0.1, "
                      "§4.2's): the fraction of its own norm one SGD step (momentum aside) moves a weight. A layer "
                      "far below the others barely learns; far above, it is thrown around.")
+
+
+FROZEN = 1e-4  # a conv layer whose relative step lr x ||dL/dW|| / ||W|| is below this barely moves (summary column)
+
+
+def diagnostics_summary(diag: pd.DataFrame, out: Path) -> Artefact:
+    """One row per net, seed and step measured: the verdicts' gradient ratio, the block gains, the relative steps
+    (the largest, the smallest, how many conv layers below FROZEN) and dead units (the worst layer, the mean)."""
+    ratios = stream_ratios(diag).set_index(["net", "seed", "step"]).ratio if not diag.empty else pd.Series()
+    rows = []
+    for depth, shortcut in _nets(diag) if not diag.empty else []:
+        for (seed, step), g in diag[(diag.depth == depth) & (diag.shortcut == shortcut)].groupby(["seed", "step"]):
+            net, conv, gains = g.net.iloc[0], g[g.name != "fc"], residual_gains(g).block_gain
+            rows.append({"net": net, "seed": seed, "step": step, "grad_ratio": ratios.get((net, seed, step)),
+                         "median_block_gain": gains.median(),
+                         "blocks_gain_below_1": (gains < 1).mean() if shortcut != "none" else np.nan,
+                         "largest_step": conv.eff_step.max(), "smallest_step": conv.eff_step.min(),
+                         "layers_below_frozen": int((conv.eff_step < FROZEN).sum()), "conv_layers": len(conv),
+                         "dead_worst_layer": g.dead_relu.max(), "dead_mean": g.dead_relu.mean()})
+    table = pd.DataFrame(rows)
+    shown = table.apply(lambda c: c.map(lambda v: float(f"{v:.4g}")) if c.dtype.kind == "f" else c)  # 4 digits
+    files = save_table(shown, out, "diagnostics_summary") if len(table) else []
+    return Artefact("diagnostics_summary", "Diagnostics by net and step", files, table=table,
+                    caption=f"Per net, seed and step: grad_ratio, the input-side / output-side gradient of the "
+                            f"residual stream (the verdicts'); the residual blocks' median backward gain and the "
+                            f"fraction below 1; the relative step lr x ||dL/dW|| / ||W|| of the conv layers: largest, smallest, and "
+                            f"how many are below {FROZEN:g}; dead units (zero for every image of the batch): the "
+                            f"worst layer's fraction and the mean over layers. " + _count(diag))
 
 
 def signal(diag: pd.DataFrame, out: Path) -> Artefact:
@@ -368,7 +405,7 @@ def why_verdicts(diag: pd.DataFrame, runs: pd.DataFrame) -> list[WhyVerdict]:
                                   f"{deep.net.iloc[0]} at initialisation, {len(deep)} "
                                   f"seed{'s' if len(deep) > 1 else ''}: input-side / output-side "
                                   f"gradient {deep.ratio.min():.3g} to {deep.ratio.max():.3g}"))
-    gains = diag[(diag.shortcut != "none") & diag.block_gain.notna()] if not diag.empty else diag
+    gains = residual_gains(diag)
     if gains.empty:
         out.append(WhyVerdict("block_gain_at_least_one", "not measured", np.nan, "none < 1",
                               "no residual net in diagnostics.csv"))
